@@ -1,0 +1,130 @@
+"""One DEALER connection from a client to one server: request ids, futures, retries.
+
+Each request gets a fresh id and a future; a receive task resolves futures as replies
+arrive. A request that times out is sent again with the same id, so the server applies a
+retried push only once. Replies from a different server instance (a restart) are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zps.errors import ClosedError, ConnectionLost, ProtocolError, ServerUnreachable, remote_error
+from zps.protocol import Op, Reply, Request, TensorMeta, decode_reply, encode_request
+
+log = logging.getLogger("zps.client")
+
+
+class Connection:
+    """Requests to one server over a DEALER socket. Created and used on one event loop."""
+
+    def __init__(
+        self, context: zmq.asyncio.Context, address: str, client_id: str, ids: _Counter
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.server_id: str | None = None
+        self.info: dict[str, Any] = {}
+        self._ids = ids
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._socket = context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(address)
+        self._receiver = asyncio.get_running_loop().create_task(self._receive_loop())
+        self._closed = False
+
+    async def request(
+        self,
+        op: Op,
+        *,
+        tensors: Sequence[TensorMeta] = (),
+        buffers: Sequence[Any] = (),
+        names: Sequence[str] = (),
+        options: dict[str, Any] | None = None,
+        timeout: float,
+        attempts: int,
+    ) -> Reply:
+        """Send a request and return its successful reply.
+
+        Raises ``RemoteError`` (or a subclass) for an error reply, ``ServerUnreachable``
+        when no reply came after ``attempts`` sends of ``timeout`` seconds each, and
+        ``ConnectionLost`` when the answer comes from a restarted server. On cancel, the
+        request is forgotten (a late reply is dropped).
+        """
+        if self._closed:
+            raise ClosedError("the client is closed")
+        rid = self._ids.next()
+        request = Request(op, self.client_id, rid, tuple(tensors), tuple(names),
+                          options or {}, tuple(buffers))
+        frames = encode_request(request)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        try:
+            for _ in range(attempts):
+                await self._socket.send_multipart(frames, copy=False)
+                done, _ = await asyncio.wait({future}, timeout=timeout)
+                if done:
+                    return self._check(future.result(), op)
+        finally:
+            self._pending.pop(rid, None)
+        raise ServerUnreachable(
+            f"no answer from the zps server at {self.address} to {op} after {attempts} "
+            f"tries of {timeout:g} s; check that zps-server is running there and reachable"
+        )
+
+    def _check(self, reply: Reply, op: Op) -> Reply:
+        sid = reply.info.get("sid")
+        if self.server_id is not None and sid is not None and sid != self.server_id:
+            raise ConnectionLost(
+                f"the zps server at {self.address} restarted (instance {self.server_id} is now "
+                f"{sid}) and lost its tables; restart the job, or standbys will recover it"
+            )
+        if reply.error is not None:
+            code, message = reply.error
+            raise remote_error(code, f"{op} failed: {message}", self.address)
+        return reply
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frames = await self._socket.recv_multipart(copy=False)
+            try:
+                reply = decode_reply(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed reply from %s: %s", self.address, exc)
+                continue
+            future = self._pending.pop(reply.request_id, None) if reply.request_id is not None \
+                else None
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def close(self) -> None:
+        """Stop receiving, fail requests in flight, close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self._receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._receiver
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ClosedError("the client was closed"))
+        self._pending.clear()
+        self._socket.close(linger=0)
+
+
+class _Counter:
+    """Request ids, increasing per client across all its connections."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def next(self) -> int:
+        self._value += 1
+        return self._value

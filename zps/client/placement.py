@@ -1,0 +1,93 @@
+"""Where each table lives: whole tables balanced by bytes, large ones split into row ranges.
+
+Every worker computes the same layout from the same table shapes, server count and chunk
+size, so push and pull go straight to the owning server without asking anyone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+# Characters a user's table name may not hold: the part keys use them.
+RESERVED = "[]"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A row range ``[start, stop)`` of table ``table``, stored under ``key`` on ``server``."""
+
+    table: str
+    key: str
+    server: int
+    start: int
+    stop: int
+    whole: bool
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """Shape and dtype of one logical table."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The placement of every table of a job across ``servers`` servers."""
+
+    specs: Mapping[str, TableSpec]
+    parts: Mapping[str, tuple[Part, ...]]
+    servers: int
+
+    def parts_of(self, names: list[str]) -> Iterator[Part]:
+        for name in names:
+            yield from self.parts[name]
+
+    def bytes_per_server(self) -> list[int]:
+        load = [0] * self.servers
+        for parts in self.parts.values():
+            for part in parts:
+                load[part.server] += part.nbytes
+        return load
+
+
+def plan(specs: Mapping[str, TableSpec], servers: int, chunk_bytes: int) -> Layout:
+    """Place ``specs`` on ``servers`` servers; tables above ``chunk_bytes`` become row parts.
+
+    Biggest first, each piece to the least loaded server (lowest index on ties), so the
+    result depends only on the inputs and is the same on every worker.
+    """
+    load = [0] * servers
+    parts: dict[str, tuple[Part, ...]] = {}
+    for name in sorted(specs, key=lambda n: (-specs[n].nbytes, n)):
+        spec = specs[name]
+        pieces = []
+        for start, stop in _row_ranges(spec, chunk_bytes):
+            whole = start == 0 and stop == (spec.shape[0] if spec.shape else 1)
+            nbytes = spec.nbytes if whole else spec.nbytes // spec.shape[0] * (stop - start)
+            server = min(range(servers), key=lambda s: (load[s], s))
+            load[server] += nbytes
+            key = name if whole else f"{name}[{start}:{stop}]"
+            pieces.append(Part(name, key, server, start, stop, whole, nbytes))
+        parts[name] = tuple(pieces)
+    return Layout(dict(specs), parts, servers)
+
+
+def _row_ranges(spec: TableSpec, chunk_bytes: int) -> list[tuple[int, int]]:
+    rows = spec.shape[0] if spec.shape else 1
+    if not spec.shape or spec.nbytes <= chunk_bytes or rows < 2:
+        return [(0, rows)]
+    count = min(rows, math.ceil(spec.nbytes / chunk_bytes))
+    bounds = [rows * i // count for i in range(count + 1)]
+    return list(itertools.pairwise(bounds))

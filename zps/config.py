@@ -1,0 +1,47 @@
+"""Frozen configuration objects, with every bound and timeout named in one place.
+
+The CLI builds these from flags, ``ZPS_*`` environment variables and TOML files; library
+users build them directly. Nothing below ``zps.cli`` reads the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from zps.protocol import Limits
+
+Mode = Literal["sync", "async"]
+MODES: tuple[str, ...] = ("sync", "async")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything a ``zps-server`` process needs to know."""
+
+    bind: str = "tcp://127.0.0.1:5570"
+    mode: Mode = "sync"
+    workers: int = 1  # the first sync round waits until this many workers registered
+    lr_scale: float = 1.0  # async: theta += lr_scale * delta
+    heartbeat_interval: float = 1.0  # seconds between the heartbeats clients send
+    liveness: int = 10  # a worker silent for interval x liveness is declared dead
+    log_every_rounds: int = 100  # one log line per this many closed rounds
+    limits: Limits = field(default_factory=Limits)
+    sndhwm: int = 10_000
+    rcvhwm: int = 10_000
+    log_entries: int = 1024
+    log_bytes: int = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Timeouts, retries and bounds of a client (embedded or inside ``zps-worker``)."""
+
+    timeout: float = 30.0  # seconds a request may take before it is retried
+    retries: int = 2  # retries per request after a timeout (same request id: applied once)
+    connect_timeout: float = 10.0  # seconds to wait for a server's hello answer
+    chunk_bytes: int = 4 << 20  # tables larger than this travel as row-range parts
+    max_inflight: int = 16  # requests in flight per client across all servers
+    heartbeat_interval: float = 1.0  # seconds between heartbeats (0 disables them)
+    role: Literal["worker", "observer"] = "worker"  # observers never count in sync rounds
+    client_id: str | None = None  # stable id for a worker that restarts; random by default

@@ -1,0 +1,93 @@
+"""Message types of the zps wire protocol: plain frozen dataclasses, no I/O.
+
+A message is one msgpack header frame followed by one raw buffer frame per tensor. The
+header lists the tensors (name, dtype, shape, byte count) in frame order, so the receiver
+can check every buffer before it looks at a single byte of array data.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+# Table element types a server will store. Anything else is refused before it reaches state.
+DTYPES: frozenset[str] = frozenset({"float32", "float64"})
+
+
+class Op(enum.StrEnum):
+    """Operations a client can ask a server for; each maps to one server handler."""
+
+    HELLO = "hello"
+    INIT = "init"
+    PUSH = "push"
+    PULL = "pull"
+    PUSH_PULL = "push_pull"
+    HEARTBEAT = "heartbeat"
+    STATS = "stats"
+    BYE = "bye"
+
+
+# Ops whose message carries tensors, and ops that carry names only.
+TENSOR_OPS: frozenset[Op] = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL})
+NAME_OPS: frozenset[Op] = frozenset({Op.PULL})
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    """Describes one array frame: which table it is for and how to read its bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+    @classmethod
+    def of(cls, name: str, array: np.ndarray) -> TensorMeta:
+        """Metadata for sending ``array`` as table ``name``."""
+        return cls(name, array.dtype.name, tuple(int(d) for d in array.shape), int(array.nbytes))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A client's request, as decoded and validated by the server."""
+
+    op: Op
+    client_id: str
+    request_id: int
+    tensors: tuple[TensorMeta, ...] = ()
+    names: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    buffers: tuple[Any, ...] = ()  # buffer-protocol objects, one per tensor
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The tensors as read-only NumPy views on the received frames (no copy)."""
+        return {m.name: as_array(m, b) for m, b in zip(self.tensors, self.buffers, strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A server's answer. ``error`` is ``(code, message)`` when the request failed."""
+
+    request_id: int | None
+    tensors: tuple[TensorMeta, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+    error: tuple[str, str] | None = None
+    buffers: tuple[Any, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The tensors as NumPy views on the received frames (no copy)."""
+        return {m.name: as_array(m, b) for m, b in zip(self.tensors, self.buffers, strict=True)}
+
+
+def as_array(meta: TensorMeta, buffer: Any) -> np.ndarray:
+    """View ``buffer`` as the array ``meta`` describes, without copying."""
+    return np.frombuffer(buffer, dtype=meta.dtype).reshape(meta.shape)

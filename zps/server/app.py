@@ -1,0 +1,161 @@
+"""The asyncio shell of a server: a ROUTER socket feeding ``ServerCore``.
+
+Receive, decode (validated), dispatch to a handler, send the reply. Replies that must
+wait for a sync round run as tasks the server owns and cancels on close. Large arrays go
+out zero-copy; the table is pinned until ZeroMQ has finished reading its buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zps.config import ServerConfig
+from zps.errors import ProtocolError
+from zps.protocol import DecodeError, Reply, decode_request, encode_reply
+from zps.server.core import ServerCore
+
+log = logging.getLogger("zps.server")
+
+# Buffers at least this large are sent zero-copy (and tracked); smaller ones are copied.
+ZERO_COPY_BYTES = 64 * 1024
+
+
+class Server:
+    """One zps server process: ``async with Server(config) as server: await server.serve()``.
+
+    ``address`` is the endpoint actually bound (useful with port 0 or ``*``).
+    ``close()`` stops receiving, fails pulls still waiting for a round and closes the socket.
+    """
+
+    def __init__(self, config: ServerConfig, context: zmq.asyncio.Context | None = None) -> None:
+        self.config = config
+        self.server_id = uuid.uuid4().hex[:12]
+        self.core = ServerCore(config, self.server_id)
+        self._own_context = context is None
+        self._context = context or zmq.asyncio.Context()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self.address = ""
+
+    async def __aenter__(self) -> Server:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Bind the ROUTER socket and start serving in the background."""
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client keeps its identity
+        bind = self.config.bind
+        if bind.startswith("tcp://") and bind.endswith(":0"):
+            bind = bind[:-2] + ":*"
+        sock.bind(bind)
+        self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._socket = sock
+        self._own(self._receive_loop())
+        self._own(self._reap_loop())
+        log.info(
+            "zps-server %s listening on %s (mode %s, waiting for %d workers)",
+            self.server_id, self.address, self.config.mode, self.config.workers,
+        )
+
+    async def serve(self) -> None:
+        """Run until ``close()`` is called (or the surrounding task is cancelled)."""
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Stop serving: cancel owned tasks, fail waiting pulls, close the socket."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.core.cancel_waiters()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        if self._own_context:
+            self._context.term()
+        log.info("zps-server %s stopped", self.server_id)
+
+    def _own(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _receive_loop(self) -> None:
+        assert self._socket is not None
+        sock = self._socket
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            await self._dispatch(frames)
+
+    async def _reap_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.core.reap(time.monotonic())
+
+    async def _dispatch(self, frames: list[zmq.Frame]) -> None:
+        peer = frames[0].bytes
+        request_id = None
+        try:
+            request = decode_request(frames[1:], self.config.limits)
+            request_id = request.request_id
+            result = self.core.handle(request)
+        except DecodeError as exc:
+            await self._send_error(peer, exc.request_id, exc.code, str(exc))
+            return
+        except ProtocolError as exc:
+            await self._send_error(peer, request_id, exc.code, str(exc))
+            return
+        except Exception as exc:  # a bug must not kill the server: log it, answer, go on
+            log.exception("internal error handling a request")
+            await self._send_error(peer, request_id, "internal", f"internal server error: {exc}")
+            return
+        if isinstance(result, Reply):
+            await self._send(peer, result)
+        else:
+            self._own(self._send_later(peer, request_id, result))
+
+    async def _send_later(
+        self, peer: bytes, request_id: int | None, pending: Coroutine[Any, Any, Reply]
+    ) -> None:
+        try:
+            reply = await pending
+        except ProtocolError as exc:
+            await self._send_error(peer, request_id, exc.code, str(exc))
+            return
+        await self._send(peer, reply)
+
+    async def _send_error(self, peer: bytes, request_id: int | None, code: str, text: str) -> None:
+        self.core.counters["errors"] += 1
+        log.debug("rejected request %s: %s: %s", request_id, code, text)
+        await self._send(peer, Reply(request_id, error=(code, text)))
+
+    async def _send(self, peer: bytes, reply: Reply) -> None:
+        assert self._socket is not None
+        frames: list[Any] = encode_reply(reply)
+        for i, meta in enumerate(reply.tensors, start=1):
+            if meta.nbytes >= ZERO_COPY_BYTES:
+                frame = zmq.Frame(frames[i], track=True)
+                if meta.name in self.core.store:
+                    self.core.store.get(meta.name).pin(frame.tracker)
+                frames[i] = frame
+        with contextlib.suppress(zmq.ZMQError):  # peer gone: nothing to answer
+            await self._socket.send_multipart([peer, *frames], copy=False)

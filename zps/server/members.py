@@ -1,0 +1,61 @@
+"""Who is connected to a server: workers (who count in sync rounds) and observers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["worker", "observer"]
+ROLES: tuple[str, ...] = ("worker", "observer")
+
+
+@dataclass(slots=True)
+class Member:
+    """One registered client and when the server last heard from it."""
+
+    client_id: str
+    role: Role
+    joined_at: float
+    last_seen: float
+    pushes: int = 0
+    pulls: int = 0
+
+
+class Membership:
+    """Registered clients, keyed by client id, with liveness by last-seen time."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, Member] = {}
+
+    def __contains__(self, client_id: str) -> bool:
+        return client_id in self._members
+
+    def get(self, client_id: str) -> Member | None:
+        return self._members.get(client_id)
+
+    def add(self, client_id: str, role: Role, now: float) -> tuple[Member, bool]:
+        """Register (or refresh) a client; returns the member and whether it is new."""
+        member = self._members.get(client_id)
+        if member is not None:
+            member.last_seen = now
+            return member, False
+        member = self._members[client_id] = Member(client_id, role, now, now)
+        return member, True
+
+    def remove(self, client_id: str) -> Member | None:
+        return self._members.pop(client_id, None)
+
+    def touch(self, client_id: str, now: float) -> None:
+        member = self._members.get(client_id)
+        if member is not None:
+            member.last_seen = now
+
+    def workers(self) -> list[Member]:
+        return [m for m in self._members.values() if m.role == "worker"]
+
+    def silent_since(self, deadline: float) -> list[Member]:
+        """Members not heard from since ``deadline`` (a monotonic time)."""
+        return [m for m in self._members.values() if m.last_seen < deadline]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._members.values()))

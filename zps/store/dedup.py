@@ -1,0 +1,36 @@
+"""Remember which (client id, request id) pairs were applied, so a retry is applied once."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class DedupWindow:
+    """Per client, the most recent request ids that changed state, bounded in size.
+
+    Clients number requests increasingly and retry only recent ones, so a window of the
+    last ``per_client`` ids per client is enough to recognise every retry.
+    """
+
+    def __init__(self, per_client: int = 4096, max_clients: int = 65536) -> None:
+        self._seen: OrderedDict[str, OrderedDict[int, None]] = OrderedDict()
+        self._per_client = per_client
+        self._max_clients = max_clients
+
+    def seen(self, client_id: str, request_id: int) -> bool:
+        """True if this request was already recorded."""
+        ids = self._seen.get(client_id)
+        return ids is not None and request_id in ids
+
+    def record(self, client_id: str, request_id: int) -> None:
+        """Remember that this request changed state."""
+        ids = self._seen.get(client_id)
+        if ids is None:
+            ids = self._seen[client_id] = OrderedDict()
+            if len(self._seen) > self._max_clients:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(client_id)
+        ids[request_id] = None
+        if len(ids) > self._per_client:
+            ids.popitem(last=False)

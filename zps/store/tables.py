@@ -1,0 +1,139 @@
+"""NumPy-backed parameter tables with versions, and the store that numbers every change.
+
+Every change the store applies gets the next sequence number and is appended to a bounded
+change log; subscribers (replication, later) see each change in order. Server state is
+therefore a snapshot plus an ordered log, which is what replication and checkpoints rest on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from zps.errors import ProtocolError
+
+
+class Reader(Protocol):
+    """Something still reading a table's buffer (a zero-copy send in flight)."""
+
+    @property
+    def done(self) -> bool: ...
+
+
+class Table:
+    """One dense tensor plus its version (the number of changes applied to it).
+
+    Replies send the table's buffer zero-copy. While such a send may still be reading it,
+    an update must not write in place: ``apply`` then writes a new array instead
+    (copy-on-write), so a reply never carries a half-updated tensor.
+    """
+
+    __slots__ = ("_readers", "data", "name", "version")
+
+    def __init__(self, name: str, data: np.ndarray) -> None:
+        self.name = name
+        self.data = data
+        self.version = 0
+        self._readers: list[Reader] = []
+
+    def pin(self, reader: Reader) -> None:
+        """Keep the current buffer unchanged until ``reader.done`` turns true."""
+        self._readers.append(reader)
+
+    def apply(self, update: np.ndarray, scale: float = 1.0) -> None:
+        """``data += scale * update`` (in place unless a reader still holds the buffer)."""
+        busy = any(not r.done for r in self._readers)
+        self._readers.clear()
+        if scale != 1.0:
+            update = np.multiply(update, scale, dtype=self.data.dtype)
+        if busy:
+            self.data = np.add(self.data, update, dtype=self.data.dtype)
+        else:
+            np.add(self.data, update, out=self.data)
+        self.version += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One applied change: ``table += scale * update``, numbered ``seq`` server-wide."""
+
+    seq: int
+    table: str
+    version: int
+    update: np.ndarray
+    scale: float
+
+
+class Store:
+    """All tables of one server, a sequence number and a bounded log of applied changes."""
+
+    def __init__(self, log_entries: int = 1024, log_bytes: int = 256 << 20) -> None:
+        self._tables: dict[str, Table] = {}
+        self.seq = 0
+        self._log: deque[Change] = deque()
+        self._log_entries = log_entries
+        self._log_bytes = log_bytes
+        self._logged_bytes = 0
+        self._subscribers: list[Callable[[Change], None]] = []
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tables
+
+    def __iter__(self) -> Iterator[Table]:
+        return iter(self._tables.values())
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def get(self, name: str) -> Table:
+        """The table called ``name``; ``ProtocolError('unknown_table')`` if there is none."""
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise ProtocolError(
+                "unknown_table",
+                f"no table {name!r} on this server; call init() with it first "
+                "(if the server restarted, its tables were lost)",
+            ) from None
+
+    def create(self, name: str, initial: np.ndarray) -> Table:
+        """Create table ``name`` holding a private copy of ``initial``."""
+        table = Table(name, np.array(initial, copy=True, order="C"))
+        self._tables[name] = table
+        return table
+
+    def apply(self, name: str, update: np.ndarray, scale: float = 1.0) -> Change:
+        """Apply ``table += scale * update``, number it, log it and tell subscribers."""
+        table = self.get(name)
+        table.apply(update, scale)
+        self.seq += 1
+        change = Change(self.seq, name, table.version, update, scale)
+        self._append(change)
+        for notify in self._subscribers:
+            notify(change)
+        return change
+
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``callback(change)`` after every applied change; returns an unsubscribe."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def changes_since(self, seq: int) -> list[Change] | None:
+        """Logged changes after ``seq`` in order, or None if the log no longer reaches back."""
+        if seq >= self.seq:
+            return []
+        if not self._log or self._log[0].seq > seq + 1:
+            return None
+        return [c for c in self._log if c.seq > seq]
+
+    def _append(self, change: Change) -> None:
+        self._log.append(change)
+        self._logged_bytes += change.update.nbytes
+        while self._log and (
+            len(self._log) > self._log_entries or self._logged_bytes > self._log_bytes
+        ):
+            self._logged_bytes -= self._log.popleft().update.nbytes
