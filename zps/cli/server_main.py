@@ -1,0 +1,100 @@
+"""``zps-server``: run one parameter server process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+import zmq
+
+from zps.cli.options import (
+    Option,
+    UsageError,
+    non_negative_float,
+    parse,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+from zps.config import MODES, ServerConfig
+from zps.protocol import Limits
+from zps.runtime import run
+from zps.server import Server
+
+OPTIONS = (
+    Option("bind", str, "tcp://127.0.0.1:5570",
+           "ZeroMQ endpoint to bind, e.g. tcp://*:5570 (port 0 picks a free one)"),
+    Option("mode", str, "sync", "consistency: sync (rounds) or async (apply on arrival)",
+           choices=MODES),
+    Option("workers", positive_int, 1,
+           "sync: the first round waits until this many workers have registered"),
+    Option("lr-scale", non_negative_float, 1.0, "async: theta += lr_scale * delta"),
+    Option("heartbeat-interval", positive_float, 1.0, "seconds between client heartbeats"),
+    Option("liveness", positive_int, 10,
+           "heartbeat intervals of silence before a worker is declared dead"),
+    Option("max-message-bytes", positive_int, 1 << 30, "largest message accepted"),
+    Option("log-every", positive_int, 100, "log one line every N applied rounds"),
+    Option("log-level", str, "info", "logging level",
+           choices=("debug", "info", "warning", "error")),
+    Option("ready-file", str, "", "write the bound address to this file once listening"),
+)
+
+
+def load_config(
+    argv: Sequence[str] | None, environ: Mapping[str, str]
+) -> tuple[ServerConfig, dict[str, object]]:
+    """Parse flags, environment and TOML into a frozen ``ServerConfig``."""
+    values = parse("zps-server", "Run a zps parameter server.", OPTIONS, argv, environ)
+    if not str(values["bind"]).startswith(("tcp://", "ipc://", "inproc://")):
+        raise UsageError(f"--bind {values['bind']!r} must look like tcp://HOST:PORT")
+    config = ServerConfig(
+        bind=values["bind"],
+        mode=values["mode"],
+        workers=values["workers"],
+        lr_scale=values["lr_scale"],
+        heartbeat_interval=values["heartbeat_interval"],
+        liveness=values["liveness"],
+        log_every_rounds=values["log_every"],
+        limits=Limits(max_message_bytes=values["max_message_bytes"]),
+    )
+    return config, values
+
+
+async def serve(config: ServerConfig, ready_file: str = "") -> None:
+    """Serve until SIGTERM/SIGINT, then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    try:
+        server = Server(config)
+        server.start()
+    except zmq.ZMQError as exc:
+        raise UsageError(f"cannot bind {config.bind}: {exc}") from None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(server.close()))
+    if ready_file:
+        tmp = f"{ready_file}.tmp"
+        with open(tmp, "w") as handle:
+            handle.write(server.address)
+        os.replace(tmp, ready_file)
+    await server.serve()
+    await server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def _main() -> int:
+        config, values = load_config(argv, os.environ)
+        logging.basicConfig(
+            level=str(values["log_level"]).upper(), stream=sys.stderr,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        run(serve(config, str(values["ready_file"])))
+        return 0
+
+    run_cli("zps-server", _main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""``zps-worker``: connect to the servers and run a training job on this worker's shard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any
+
+from zps.cli.options import (
+    Option,
+    UsageError,
+    non_negative_float,
+    parse,
+    positive_float,
+    positive_int,
+    run_cli,
+)
+from zps.client import Client
+from zps.config import ClientConfig
+from zps.errors import ConfigError, ZpsError
+from zps.jobs import JobContext, resolve_job
+
+OPTIONS = (
+    Option("servers", str, "tcp://127.0.0.1:5570",
+           "comma-separated server endpoints, the same list and order on every worker"),
+    Option("job", str, "digits-mlp",
+           "digits-mlp, digits-softmax, or package.module:function"),
+    Option("worker-index", int, 0, "this worker's shard index, 0..num-workers-1"),
+    Option("num-workers", positive_int, 1, "how many workers share the training data"),
+    Option("epochs", positive_int, 30, "passes over this worker's shard"),
+    Option("batch-size", positive_int, 32, "examples per step"),
+    Option("lr", positive_float, 0.5, "learning rate of the built-in jobs"),
+    Option("seed", int, 0, "seed for data split and initial parameters (same on all workers)"),
+    Option("timeout", positive_float, 30.0, "seconds before a request is retried"),
+    Option("retries", int, 2, "retries of a timed-out request"),
+    Option("connect-timeout", positive_float, 10.0, "seconds to wait for each server's hello"),
+    Option("chunk-bytes", positive_int, 4 << 20, "tables above this travel as row chunks"),
+    Option("heartbeat-interval", non_negative_float, 1.0, "seconds between heartbeats"),
+    Option("client-id", str, "", "stable worker id (default: random)"),
+    Option("quiet", bool, False, "no progress bar"),
+    Option("metrics-out", str, "", "write the job's result (losses, accuracy) to this JSON file"),
+    Option("log-level", str, "warning", "logging level",
+           choices=("debug", "info", "warning", "error")),
+)
+
+
+def load_config(
+    argv: Sequence[str] | None, environ: Mapping[str, str]
+) -> tuple[ClientConfig, JobContext, dict[str, Any]]:
+    """Parse flags, environment and TOML into the client config and the job context."""
+    v = parse("zps-worker", "Run a zps training worker.", OPTIONS, argv, environ)
+    if not 0 <= v["worker_index"] < v["num_workers"]:
+        raise UsageError(
+            f"--worker-index {v['worker_index']} must be in 0..{v['num_workers'] - 1} "
+            "(set --num-workers to the number of workers)"
+        )
+    if v["retries"] < 0:
+        raise UsageError("--retries must be >= 0")
+    client = ClientConfig(
+        timeout=v["timeout"],
+        retries=v["retries"],
+        connect_timeout=v["connect_timeout"],
+        chunk_bytes=v["chunk_bytes"],
+        heartbeat_interval=v["heartbeat_interval"],
+        client_id=v["client_id"] or None,
+    )
+    ctx = JobContext(
+        worker_index=v["worker_index"],
+        num_workers=v["num_workers"],
+        epochs=v["epochs"],
+        batch_size=v["batch_size"],
+        lr=v["lr"],
+        seed=v["seed"],
+        progress=not v["quiet"],
+    )
+    return client, ctx, v
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def _main() -> int:
+        config, ctx, values = load_config(argv, os.environ)
+        logging.basicConfig(level=str(values["log_level"]).upper(), stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        signal.signal(signal.SIGTERM, _interrupt)  # leave cleanly: say bye, close sockets
+        try:
+            job = resolve_job(values["job"])
+            with Client(values["servers"], config) as ps:
+                result = job(ps, ctx) or {}
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        except ZpsError as exc:
+            print(f"zps-worker {ctx.worker_index}: {exc}", file=sys.stderr)
+            return 1
+        if values["metrics_out"]:
+            with open(values["metrics_out"], "w") as handle:
+                json.dump(result, handle)
+        if "test_accuracy" in result:
+            print(f"worker {ctx.worker_index}: test accuracy {result['test_accuracy']:.4f} "
+                  f"after {result.get('steps', '?')} steps "
+                  f"({result.get('seconds', 0):.1f} s)", file=sys.stderr)
+        return 0
+
+    run_cli("zps-worker", _main)
+
+
+if __name__ == "__main__":
+    main()

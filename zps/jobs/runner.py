@@ -1,0 +1,109 @@
+"""Built-in training jobs and the contract for users' own jobs.
+
+A job is a function ``job(ps, ctx) -> dict``: ``ps`` is a connected ``zps.Client``, ``ctx``
+the worker's ``JobContext``; the returned dict (losses, accuracy...) is the worker's result.
+``zps-worker --job package.module:function`` runs such a function from the user's code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from zps.errors import ConfigError
+from zps.jobs.data import load_digits
+from zps.jobs.models import MODELS, Model, accuracy
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a worker knows about its share of the job."""
+
+    worker_index: int = 0
+    num_workers: int = 1
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.5
+    seed: int = 0
+    progress: bool = True
+
+
+Job = Callable[[Any, JobContext], dict[str, Any]]
+
+
+def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
+    """Minibatch SGD on this worker's shard of digits; every step is one push_pull.
+
+    Each worker runs the same number of steps per epoch (set by the largest shard), so in
+    sync mode every round hears from every worker. Returns losses and test accuracy.
+    """
+    xp = np
+    data = load_digits(seed=ctx.seed)
+    x, y = data.shard(ctx.worker_index, ctx.num_workers)
+    per_worker = math.ceil(len(data.x_train) / ctx.num_workers)
+    steps_per_epoch = math.ceil(per_worker / ctx.batch_size)
+    params = ps.init(model.init(x.shape[1], data.classes, ctx.seed))
+    rng = np.random.default_rng(ctx.seed + 1 + ctx.worker_index)
+    losses: list[float] = []
+    total = ctx.epochs * steps_per_epoch
+    start = time.perf_counter()
+    with tqdm(total=total, desc=f"worker {ctx.worker_index}", position=ctx.worker_index,
+              disable=not ctx.progress, unit="step", leave=True, dynamic_ncols=True) as bar:
+        for _ in range(ctx.epochs):
+            order = rng.permutation(len(x))
+            for step in range(steps_per_epoch):
+                idx = order[(np.arange(ctx.batch_size) + step * ctx.batch_size) % len(x)]
+                loss, grads = model.loss_grad(xp, params, x[idx], y[idx])
+                params = ps.push_pull({k: -ctx.lr * g for k, g in grads.items()})
+                losses.append(loss)
+                bar.update(1)
+                if len(losses) % 10 == 0:
+                    rate = len(losses) * ctx.batch_size / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}",
+                                    samples_s=f"{rate:.0f}")
+    seconds = time.perf_counter() - start
+    params = ps.pull()
+    return {
+        "worker": ctx.worker_index,
+        "steps": len(losses),
+        "losses": losses,
+        "seconds": seconds,
+        "samples_per_s": len(losses) * ctx.batch_size / seconds,
+        "test_accuracy": accuracy(xp, model, params, data.x_test, data.y_test),
+        "train_accuracy": accuracy(xp, model, params, x, y),
+    }
+
+
+def _digits_job(model_name: str) -> Job:
+    return lambda ps, ctx: train_digits(ps, ctx, MODELS[model_name])
+
+
+BUILTIN_JOBS: dict[str, Job] = {
+    "digits-mlp": _digits_job("mlp"),
+    "digits-softmax": _digits_job("softmax"),
+}
+
+
+def resolve_job(spec: str) -> Job:
+    """A built-in job by name, or ``package.module:function`` from the user's code."""
+    if spec in BUILTIN_JOBS:
+        return BUILTIN_JOBS[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        known = ", ".join(BUILTIN_JOBS)
+        raise ConfigError(f"unknown job {spec!r}: use one of {known} or package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import job module {module_name!r}: {exc}") from None
+    job = getattr(module, attr, None)
+    if not callable(job):
+        raise ConfigError(f"{module_name!r} has no function {attr!r} to run as a job")
+    return job  # type: ignore[no-any-return]
