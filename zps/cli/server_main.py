@@ -75,12 +75,16 @@ async def serve(config: ServerConfig, ready_file: str = "") -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.close()))
     if ready_file:
-        tmp = f"{ready_file}.tmp"
-        with open(tmp, "w") as handle:
-            handle.write(server.address)
-        os.replace(tmp, ready_file)
+        _write_atomically(ready_file, server.address)
     await server.serve()
     await server.close()
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
