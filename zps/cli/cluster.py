@@ -52,9 +52,18 @@ class LocalCluster:
             log = open(self.out_dir / f"server{index}.log", "wb")  # noqa: SIM115 - closed in stop
             self._logs.append(log)
             proc = subprocess.Popen(
-                [self.python, "-m", "zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
-                 "--ready-file", str(ready_file), *args],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    self.python,
+                    "-m",
+                    "zps.cli.server_main",
+                    "--bind",
+                    "tcp://127.0.0.1:0",
+                    "--ready-file",
+                    str(ready_file),
+                    *args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             self.servers.append(proc)
             ready.append((proc, ready_file))
@@ -62,18 +71,28 @@ class LocalCluster:
         for proc, ready_file in ready:
             while not ready_file.exists():
                 if proc.poll() is not None:
-                    raise ZpsError(f"a zps-server exited with {proc.returncode}; see "
-                                   f"{self.out_dir}/server*.log")
+                    raise ZpsError(
+                        f"a zps-server exited with {proc.returncode}; see "
+                        f"{self.out_dir}/server*.log"
+                    )
                 if time.monotonic() > deadline:
                     raise ZpsError(f"a zps-server did not start within {timeout:g} s")
                 time.sleep(0.02)
             self.addresses.append(ready_file.read_text())
 
-    def start_worker(self, args: Sequence[str], quiet_stdout: bool = False) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, args: Sequence[str], quiet_stdout: bool = False
+    ) -> subprocess.Popen[bytes]:
         """Start one ``zps-worker`` connected to every server of this cluster."""
         proc = subprocess.Popen(
-            [self.python, "-m", "zps.cli.worker_main", "--servers", ",".join(self.addresses),
-             *args],
+            [
+                self.python,
+                "-m",
+                "zps.cli.worker_main",
+                "--servers",
+                ",".join(self.addresses),
+                *args,
+            ],
             stdout=subprocess.DEVNULL if quiet_stdout else None,
         )
         self.workers.append(proc)

@@ -139,8 +139,10 @@ class AsyncClient:
         specs = {name: TableSpec(a.shape, a.dtype) for name, a in arrays.items()}
         if self.layout is not None:
             specs = {**self.layout.specs, **specs}
-        self.layout = plan(specs, len(self._connections), self.config.chunk_bytes)
-        return await self._exchange(Op.INIT, arrays)
+        layout = plan(specs, len(self._connections), self.config.chunk_bytes)
+        current = await self._exchange(Op.INIT, arrays, layout)
+        self.layout = layout  # only once the servers hold every table
+        return current
 
     async def pull(self, names: Iterable[str] | None = None) -> Arrays:
         """The current value of the named tables (all by default), as fresh arrays.
@@ -204,9 +206,9 @@ class AsyncClient:
             arrays[name] = array
         return arrays
 
-    async def _exchange(self, op: Op, arrays: Arrays) -> Arrays:
+    async def _exchange(self, op: Op, arrays: Arrays, layout: Layout | None = None) -> Arrays:
         """Send ``arrays`` part by part and gather the returned values (init, push_pull)."""
-        layout = self._need_layout()
+        layout = layout or self._need_layout()
         groups = self._group(list(layout.parts_of(list(arrays))))
         out = {} if op == Op.PUSH else {
             n: np.empty(a.shape, a.dtype) for n, a in arrays.items()

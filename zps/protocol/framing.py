@@ -100,17 +100,17 @@ def decode_request(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Re
     """
     if not frames:
         raise DecodeError("bad_frames", "empty message: expected a header frame")
-    total = sum(len(memoryview(f)) for f in frames)
-    if total > limits.max_message_bytes:
-        raise DecodeError(
-            "too_large",
-            f"message of {total} bytes exceeds the server's limit of "
-            f"{limits.max_message_bytes} bytes; push smaller chunks",
-        )
     header = _unpack_header(frames[0], limits)
     request_id = header.get("r")
     rid = request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else None
     try:
+        total = sum(memoryview(f).nbytes for f in frames)
+        if total > limits.max_message_bytes:
+            raise DecodeError(
+                "too_large",
+                f"message of {total} bytes exceeds the server's limit of "
+                f"{limits.max_message_bytes} bytes; lower the client's chunk_bytes",
+            )
         return _build_request(header, frames[1:], limits)
     except DecodeError as exc:
         exc.request_id = rid if rid is not None and 0 <= rid <= _MAX_REQUEST_ID else None
@@ -119,8 +119,8 @@ def decode_request(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Re
 
 def _unpack_header(frame: Any, limits: Limits) -> dict[Any, Any]:
     raw = memoryview(frame)
-    if len(raw) > limits.max_header_bytes:
-        raise DecodeError("bad_header", f"header frame of {len(raw)} bytes is too large")
+    if raw.nbytes > limits.max_header_bytes:
+        raise DecodeError("bad_header", f"header frame of {raw.nbytes} bytes is too large")
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
@@ -242,7 +242,7 @@ def _check_buffers(tensors: tuple[TensorMeta, ...], buffers: Sequence[Any]) -> N
             f"header announces {len(tensors)} array frames but {len(buffers)} arrived",
         )
     for meta, buf in zip(tensors, buffers, strict=True):
-        size = len(memoryview(buf))
+        size = memoryview(buf).nbytes
         if size != meta.nbytes:
             raise DecodeError(
                 "bad_frames", f"{meta.name!r}: frame holds {size} bytes, header says {meta.nbytes}"

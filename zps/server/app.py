@@ -146,7 +146,7 @@ class Server:
     async def _send_error(self, peer: bytes, request_id: int | None, code: str, text: str) -> None:
         self.core.counters["errors"] += 1
         log.debug("rejected request %s: %s: %s", request_id, code, text)
-        await self._send(peer, Reply(request_id, error=(code, text)))
+        await self._send(peer, Reply(request_id, info={"sid": self.server_id}, error=(code, text)))
 
     async def _send(self, peer: bytes, reply: Reply) -> None:
         assert self._socket is not None

@@ -1,0 +1,133 @@
+"""The zps-server and zps-worker daemons as real processes, and their command lines."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zps
+from zps.cli import server_main, worker_main
+from zps.cli.cluster import LocalCluster
+from zps.cli.options import UsageError
+
+from .conftest import ROOT, python_env, run_cli
+
+
+def test_daemons_train_digits_to_the_accuracy_bar(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(2, ["--mode", "sync", "--workers", "3"])
+        for index in range(3):
+            cluster.start_worker([
+                "--num-workers", "3", "--worker-index", str(index), "--epochs", "60",
+                "--quiet", "--metrics-out", str(tmp_path / f"w{index}.json"),
+            ])
+        assert cluster.wait_workers(timeout=120) == [0, 0, 0]
+    results = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(3)]
+    accuracies = {round(r["test_accuracy"], 6) for r in results}
+    assert len(accuracies) == 1  # sync mode: every worker ends with the same parameters
+    assert accuracies.pop() >= 0.95
+    logs = "".join((tmp_path / f"server{i}.log").read_text() for i in range(2))
+    assert logs.count("joined") == 6 and logs.count("left") == 6
+    assert "stopped" in logs  # both servers shut down cleanly on SIGTERM
+
+
+def test_server_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    ready = tmp_path / "addr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
+         "--ready-file", str(ready)], env=python_env(), cwd=ROOT,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        from .conftest import wait_for
+
+        wait_for(ready.exists, what="the server to listen")
+        with zps.Client([ready.read_text()]) as ps:
+            ps.init({"w": np.zeros(2)})
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "stopped" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["zps.cli.server_main", "--mode", "bsp"], {}, "invalid choice: 'bsp'"),
+        (["zps.cli.server_main", "--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["zps.cli.server_main"], {"ZPS_WORKERS": "zero"}, "ZPS_WORKERS: invalid value"),
+        (["zps.cli.server_main", "--bind", "localhost:5570"], {}, "must look like tcp://"),
+        (["zps.cli.server_main", "--config", "/nonexistent.toml"], {}, "cannot read config"),
+        (["zps.cli.worker_main", "--worker-index", "4", "--num-workers", "2"], {},
+         "--worker-index 4 must be in 0..1"),
+        (["zps.cli.worker_main", "--job", "nosuchjob"], {}, "unknown job 'nosuchjob'"),
+        (["zps.cli.worker_main", "--epochs", "-1"], {}, "expected a positive integer"),
+    ],
+)
+def test_cli_mistakes_get_one_line_and_exit_2(args: list[str], env: dict[str, str],
+                                              message: str) -> None:
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_worker_with_no_server_says_so_in_one_line() -> None:
+    result = run_cli("zps.cli.worker_main", "--servers", "tcp://127.0.0.1:1",
+                     "--connect-timeout", "0.3", "--quiet")
+    assert result.returncode == 1
+    assert "could not reach a zps server at tcp://127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bind_conflict_is_one_line(start_server) -> None:
+    server = start_server()
+    result = run_cli("zps.cli.server_main", "--bind", server.address)
+    assert result.returncode == 2 and "cannot bind" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_precedence_flag_env_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "zps.toml"
+    toml.write_text('mode = "async"\nworkers = 3\nlr-scale = 0.25\n')
+    config, _ = server_main.load_config(["--config", str(toml)], {})
+    assert (config.mode, config.workers, config.lr_scale) == ("async", 3, 0.25)
+    config, _ = server_main.load_config(["--config", str(toml)], {"ZPS_WORKERS": "5"})
+    assert config.workers == 5
+    config, _ = server_main.load_config(["--config", str(toml), "--workers", "7"],
+                                        {"ZPS_WORKERS": "5"})
+    assert config.workers == 7
+    toml.write_text("wrokers = 3\n")
+    with pytest.raises(UsageError, match="unknown setting 'wrokers'"):
+        server_main.load_config(["--config", str(toml)], {})
+    _client, ctx, _ = worker_main.load_config(
+        [], {"ZPS_SERVERS": "tcp://a:1,tcp://b:2", "ZPS_NUM_WORKERS": "4",
+             "ZPS_WORKER_INDEX": "3", "ZPS_QUIET": "true"})
+    assert (ctx.num_workers, ctx.worker_index, ctx.progress) == (4, 3, False)
+
+
+def test_user_job_runs_from_module_function(tmp_path: Path) -> None:
+    job = tmp_path / "myjob.py"
+    job.write_text(
+        "import numpy as np\n"
+        "def run(ps, ctx):\n"
+        "    ps.init({'w': np.zeros(3)})\n"
+        "    out = ps.push_pull({'w': np.ones(3) * (ctx.worker_index + 1)})\n"
+        "    return {'w': out['w'].tolist()}\n"
+    )
+    metrics = tmp_path / "out.json"
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(1, ["--mode", "async"])
+        result = run_cli("zps.cli.worker_main", "--servers", cluster.addresses[0],
+                         "--job", "myjob:run", "--metrics-out", str(metrics),
+                         env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(metrics.read_text()) == {"w": [1.0, 1.0, 1.0]}
