@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from zps.client.connection import Connection, _Counter
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
@@ -52,7 +51,7 @@ class AsyncClient:
         self.config = replace(config or ClientConfig(), **overrides)
         self.client_id = self.config.client_id or f"c-{uuid.uuid4().hex[:12]}"
         self.layout: Layout | None = None
-        self._context: zmq.asyncio.Context | None = None
+        self._context: zmq.Context | None = None
         self._connections: list[Connection] = []
         self._limit: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -71,7 +70,7 @@ class AsyncClient:
 
     async def connect(self) -> None:
         """Open a DEALER per server and say hello to each (registers this worker)."""
-        self._context = zmq.asyncio.Context()
+        self._context = zmq.Context()
         ids = _Counter()
         self._limit = asyncio.Semaphore(self.config.max_inflight)
         self._connections = [
@@ -154,9 +153,7 @@ class AsyncClient:
         wanted = list(layout.specs) if names is None else [self._known(n) for n in names]
         groups = self._group(list(layout.parts_of(wanted)))
         out = {n: np.empty(layout.specs[n].shape, layout.specs[n].dtype) for n in wanted}
-        await asyncio.gather(
-            *(self._send(Op.PULL, parts, (), out) for parts in groups)
-        )
+        await self._send_all(Op.PULL, groups, {}, out)
         return out
 
     async def push(self, deltas: Mapping[str, Any]) -> None:
@@ -213,8 +210,17 @@ class AsyncClient:
         out = {} if op == Op.PUSH else {
             n: np.empty(a.shape, a.dtype) for n, a in arrays.items()
         }
-        await asyncio.gather(*(self._send(op, parts, arrays, out) for parts in groups))
+        await self._send_all(op, groups, arrays, out)
         return out
+
+    async def _send_all(
+        self, op: Op, groups: list[list[Part]], arrays: Mapping[str, np.ndarray], out: Arrays
+    ) -> None:
+        """Send every message concurrently (directly when there is one: no task to schedule)."""
+        if len(groups) == 1:
+            await self._send(op, groups[0], arrays, out)
+        else:
+            await asyncio.gather(*(self._send(op, parts, arrays, out) for parts in groups))
 
     def _group(self, parts: list[Part]) -> list[list[Part]]:
         """Batch parts into messages: one server each, at most ``chunk_bytes`` (or one part)."""

@@ -8,16 +8,15 @@ retried push only once. Replies from a different server instance (a restart) are
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from zps.errors import ClosedError, ConnectionLost, ProtocolError, ServerUnreachable, remote_error
 from zps.protocol import Op, Reply, Request, TensorMeta, decode_reply, encode_request
+from zps.transport import LoopSocket
 
 log = logging.getLogger("zps.client")
 
@@ -26,7 +25,7 @@ class Connection:
     """Requests to one server over a DEALER socket. Created and used on one event loop."""
 
     def __init__(
-        self, context: zmq.asyncio.Context, address: str, client_id: str, ids: _Counter
+        self, context: zmq.Context, address: str, client_id: str, ids: _Counter
     ) -> None:
         self.address = address
         self.client_id = client_id
@@ -34,10 +33,10 @@ class Connection:
         self.info: dict[str, Any] = {}
         self._ids = ids
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._socket = context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(address)
-        self._receiver = asyncio.get_running_loop().create_task(self._receive_loop())
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        self._socket = LoopSocket(sock, self._on_reply)
         self._closed = False
 
     async def request(
@@ -64,20 +63,39 @@ class Connection:
         request = Request(op, self.client_id, rid, tuple(tensors), tuple(names),
                           options or {}, tuple(buffers))
         frames = encode_request(request)
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
+        loop = asyncio.get_running_loop()
         try:
             for _ in range(attempts):
-                await self._socket.send_multipart(frames, copy=False)
-                done, _ = await asyncio.wait({future}, timeout=timeout)
-                if done:
-                    return self._check(future.result(), op)
+                future: asyncio.Future[Reply] = loop.create_future()
+                self._pending[rid] = future
+                await self._send(frames, timeout)
+                timer = loop.call_later(timeout, _expire, future)
+                try:
+                    reply = await future
+                except _AttemptExpired:
+                    continue  # resend with the same id: the server applies it at most once
+                finally:
+                    timer.cancel()
+                return self._check(reply, op)
         finally:
             self._pending.pop(rid, None)
         raise ServerUnreachable(
             f"no answer from the zps server at {self.address} to {op} after {attempts} "
             f"tries of {timeout:g} s; check that zps-server is running there and reachable"
         )
+
+    async def _send(self, frames: list[Any], timeout: float) -> None:
+        """Queue ``frames``; if the socket is at its high-water mark, wait for room."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                self._socket.send(frames)
+                return
+            except zmq.Again:
+                if loop.time() > deadline:
+                    return  # counted as a lost attempt; the caller retries or gives up
+                await asyncio.sleep(0.001)
 
     def _check(self, reply: Reply, op: Op) -> Reply:
         sid = reply.info.get("sid")
@@ -91,32 +109,39 @@ class Connection:
             raise remote_error(code, f"{op} failed: {message}", self.address)
         return reply
 
-    async def _receive_loop(self) -> None:
-        while True:
-            frames = await self._socket.recv_multipart(copy=False)
-            try:
-                reply = decode_reply(frames)
-            except ProtocolError as exc:
-                log.warning("dropped a malformed reply from %s: %s", self.address, exc)
-                continue
-            future = self._pending.pop(reply.request_id, None) if reply.request_id is not None \
-                else None
-            if future is not None and not future.done():
-                future.set_result(reply)
+    def _on_reply(self, frames: list[zmq.Frame]) -> None:
+        try:
+            reply = decode_reply(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed reply from %s: %s", self.address, exc)
+            return
+        if reply.request_id is None:
+            log.warning("error from %s about an unreadable request: %s", self.address,
+                        reply.error)
+            return
+        future = self._pending.pop(reply.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
 
     async def close(self) -> None:
         """Stop receiving, fail requests in flight, close the socket."""
         if self._closed:
             return
         self._closed = True
-        self._receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._receiver
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ClosedError("the client was closed"))
         self._pending.clear()
-        self._socket.close(linger=0)
+        self._socket.close()
+
+
+class _AttemptExpired(Exception):
+    """One attempt of a request saw no reply in time (internal: triggers a resend)."""
+
+
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(_AttemptExpired())
 
 
 class _Counter:

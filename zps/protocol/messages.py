@@ -19,6 +19,10 @@ PROTOCOL_VERSION = 1
 DTYPES: frozenset[str] = frozenset({"float32", "float64"})
 
 
+# ``dtype.name`` is computed on every access; the hot path looks names up here instead.
+_DTYPE_NAMES: dict[np.dtype, str] = {np.dtype(name): name for name in DTYPES}
+
+
 class Op(enum.StrEnum):
     """Operations a client can ask a server for; each maps to one server handler."""
 
@@ -49,7 +53,8 @@ class TensorMeta:
     @classmethod
     def of(cls, name: str, array: np.ndarray) -> TensorMeta:
         """Metadata for sending ``array`` as table ``name``."""
-        return cls(name, array.dtype.name, tuple(int(d) for d in array.shape), int(array.nbytes))
+        dtype = _DTYPE_NAMES.get(array.dtype) or array.dtype.name
+        return cls(name, dtype, array.shape, array.nbytes)
 
 
 @dataclass(frozen=True, slots=True)

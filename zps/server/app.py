@@ -8,7 +8,6 @@ out zero-copy; the table is pinned until ZeroMQ has finished reading its buffer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -16,12 +15,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from zps.config import ServerConfig
 from zps.errors import ProtocolError
 from zps.protocol import DecodeError, Reply, decode_request, encode_reply
 from zps.server.core import ServerCore
+from zps.transport import LoopSocket
 
 log = logging.getLogger("zps.server")
 
@@ -36,13 +35,13 @@ class Server:
     ``close()`` stops receiving, fails pulls still waiting for a round and closes the socket.
     """
 
-    def __init__(self, config: ServerConfig, context: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, config: ServerConfig, context: zmq.Context | None = None) -> None:
         self.config = config
         self.server_id = uuid.uuid4().hex[:12]
         self.core = ServerCore(config, self.server_id)
         self._own_context = context is None
-        self._context = context or zmq.asyncio.Context()
-        self._socket: zmq.asyncio.Socket | None = None
+        self._context = context or zmq.Context()
+        self._socket: LoopSocket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self.address = ""
@@ -66,8 +65,7 @@ class Server:
             bind = bind[:-2] + ":*"
         sock.bind(bind)
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._socket = sock
-        self._own(self._receive_loop())
+        self._socket = LoopSocket(sock, self._dispatch)
         self._own(self._reap_loop())
         log.info(
             "zps-server %s listening on %s (mode %s, waiting for %d workers)",
@@ -88,7 +86,7 @@ class Server:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close()
         if self._own_context:
             self._context.term()
         log.info("zps-server %s stopped", self.server_id)
@@ -98,20 +96,13 @@ class Server:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _receive_loop(self) -> None:
-        assert self._socket is not None
-        sock = self._socket
-        while True:
-            frames = await sock.recv_multipart(copy=False)
-            await self._dispatch(frames)
-
     async def _reap_loop(self) -> None:
         interval = self.config.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
             self.core.reap(time.monotonic())
 
-    async def _dispatch(self, frames: list[zmq.Frame]) -> None:
+    def _dispatch(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
         request_id = None
         try:
@@ -119,17 +110,17 @@ class Server:
             request_id = request.request_id
             result = self.core.handle(request)
         except DecodeError as exc:
-            await self._send_error(peer, exc.request_id, exc.code, str(exc))
+            self._send_error(peer, exc.request_id, exc.code, str(exc))
             return
         except ProtocolError as exc:
-            await self._send_error(peer, request_id, exc.code, str(exc))
+            self._send_error(peer, request_id, exc.code, str(exc))
             return
         except Exception as exc:  # a bug must not kill the server: log it, answer, go on
             log.exception("internal error handling a request")
-            await self._send_error(peer, request_id, "internal", f"internal server error: {exc}")
+            self._send_error(peer, request_id, "internal", f"internal server error: {exc}")
             return
         if isinstance(result, Reply):
-            await self._send(peer, result)
+            self._send(peer, result)
         else:
             self._own(self._send_later(peer, request_id, result))
 
@@ -139,16 +130,16 @@ class Server:
         try:
             reply = await pending
         except ProtocolError as exc:
-            await self._send_error(peer, request_id, exc.code, str(exc))
+            self._send_error(peer, request_id, exc.code, str(exc))
             return
-        await self._send(peer, reply)
+        self._send(peer, reply)
 
-    async def _send_error(self, peer: bytes, request_id: int | None, code: str, text: str) -> None:
+    def _send_error(self, peer: bytes, request_id: int | None, code: str, text: str) -> None:
         self.core.counters["errors"] += 1
         log.debug("rejected request %s: %s: %s", request_id, code, text)
-        await self._send(peer, Reply(request_id, info={"sid": self.server_id}, error=(code, text)))
+        self._send(peer, Reply(request_id, info={"sid": self.server_id}, error=(code, text)))
 
-    async def _send(self, peer: bytes, reply: Reply) -> None:
+    def _send(self, peer: bytes, reply: Reply) -> None:
         assert self._socket is not None
         frames: list[Any] = encode_reply(reply)
         for i, meta in enumerate(reply.tensors, start=1):
@@ -157,5 +148,7 @@ class Server:
                 if meta.name in self.core.store:
                     self.core.store.get(meta.name).pin(frame.tracker)
                 frames[i] = frame
-        with contextlib.suppress(zmq.ZMQError):  # peer gone: nothing to answer
-            await self._socket.send_multipart([peer, *frames], copy=False)
+        try:
+            self._socket.send([peer, *frames])
+        except zmq.ZMQError as exc:  # peer gone or its queue full: it will retry
+            log.debug("reply to %r dropped: %s", peer, exc)

@@ -1,0 +1,207 @@
+"""Push, pull and push_pull throughput of one tensor, against a raw pyzmq ceiling.
+
+For each tensor size, worker count and server count, worker *processes* run one operation
+back to back for a fixed time against ``zps-server`` processes (async mode, so workers do
+not wait on each other's rounds). In the same run, the ceiling: a raw pyzmq DEALER/ROUTER
+echo of the same sizes with the same number of client processes (sync pyzmq, zero-copy),
+the best a Python program can do on this machine's loopback. Prints a table, writes JSON.
+
+    python bench/throughput.py                 # the full grid (a few minutes)
+    python bench/throughput.py --quick         # fewer cells, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zps
+from zps.cli.cluster import LocalCluster
+
+SIZES = {"4KiB": 4 << 10, "64KiB": 64 << 10, "1MiB": 1 << 20, "16MiB": 16 << 20,
+         "64MiB": 64 << 20}
+OPS = ("push", "pull", "push_pull")
+
+
+# ---------------------------------------------------------------- raw pyzmq ceiling
+
+
+def _echo_server(address: str, ready: Any) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(address)
+    ready.set()
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        if len(frames) == 2 and frames[1].bytes == b"stop":
+            break
+        sock.send_multipart(frames, copy=False)
+    sock.close(linger=0)
+    ctx.term()
+
+
+def _raw_client(address: str, size: int, seconds: float, start: Any, out: Any) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(address)
+    payload = np.ones(size // 4, np.float32)
+    sock.send_multipart([b"h", payload], copy=False)
+    sock.recv_multipart(copy=False)
+    start.wait()
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sock.send_multipart([b"h", payload], copy=size < 65536)
+        sock.recv_multipart(copy=False)
+        count += 1
+    out.put((count, time.perf_counter() - t0))
+    sock.close(linger=0)
+    ctx.term()
+
+
+def raw_echo(size: int, workers: int, seconds: float) -> float:
+    """Round trips per second of ``workers`` raw DEALER clients echoing ``size`` bytes."""
+    mpc = mp.get_context("spawn")
+    with zmq.Context() as tmp:
+        probe = tmp.socket(zmq.ROUTER)
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+        probe.close(linger=0)
+    address = f"tcp://127.0.0.1:{port}"
+    ready = mpc.Event()
+    server = mpc.Process(target=_echo_server, args=(address, ready))
+    server.start()
+    ready.wait(30)
+    start, out = mpc.Barrier(workers + 1), mpc.Queue()
+    clients = [mpc.Process(target=_raw_client, args=(address, size, seconds, start, out))
+               for _ in range(workers)]
+    for c in clients:
+        c.start()
+    start.wait()
+    rate = sum(n / dt for n, dt in (out.get(timeout=120) for _ in clients))
+    for c in clients:
+        c.join()
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as stop:
+        stop.connect(address)
+        stop.send(b"stop")
+        server.join(10)
+        stop.close(linger=0)
+    return rate
+
+
+# ---------------------------------------------------------------- zps
+
+
+def _zps_client(servers: list[str], op: str, size: int, seconds: float, start: Any,
+                out: Any) -> None:
+    name = f"t{size}"
+    value = np.ones(size // 4, np.float32)
+    with zps.Client(servers, heartbeat_interval=0) as ps:
+        ps.init({name: np.zeros_like(value)})
+        call = {
+            "push": lambda: ps.push({name: value}),
+            "pull": lambda: ps.pull([name]),
+            "push_pull": lambda: ps.push_pull({name: value}),
+        }[op]
+        call()
+        start.wait()
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            call()
+            count += 1
+        out.put((count, time.perf_counter() - t0))
+
+
+def zps_rate(servers: list[str], op: str, size: int, workers: int, seconds: float) -> float:
+    """Operations per second summed over ``workers`` worker processes."""
+    mpc = mp.get_context("spawn")
+    start, out = mpc.Barrier(workers + 1), mpc.Queue()
+    procs = [mpc.Process(target=_zps_client, args=(servers, op, size, seconds, start, out))
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    start.wait()
+    rate = sum(n / dt for n, dt in (out.get(timeout=300) for _ in procs))
+    for p in procs:
+        p.join()
+    return rate
+
+
+def moved(op: str, size: int) -> int:
+    return 2 * size if op == "push_pull" else size
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per cell")
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--servers", default="1,2")
+    parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--quick", action="store_true", help="1 worker, 1 server")
+    parser.add_argument("--out", default="bench/results/throughput.json")
+    args = parser.parse_args()
+    sizes = [s for s in args.sizes.split(",") if s]
+    worker_counts = [1] if args.quick else [int(w) for w in args.workers.split(",")]
+    server_counts = [1] if args.quick else [int(s) for s in args.servers.split(",")]
+    ops = args.ops.split(",")
+    rows: list[dict[str, Any]] = []
+    raw: dict[tuple[str, int], float] = {}
+    for label in sizes:
+        for w in worker_counts:
+            raw[(label, w)] = raw_echo(SIZES[label], w, args.seconds)
+            print(f"raw echo {label:>6} x{w}: {raw[(label, w)]:9.1f} rt/s", flush=True)
+    out_dir = Path(args.out).parent
+    for n_servers in server_counts:
+        with LocalCluster(out_dir / f"cluster{n_servers}") as cluster:
+            cluster.start_servers(n_servers, ["--mode", "async", "--log-level", "warning"])
+            for label in sizes:
+                size = SIZES[label]
+                for w in worker_counts:
+                    for op in ops:
+                        rate = zps_rate(cluster.addresses, op, size, w, args.seconds)
+                        ceiling = raw[(label, w)]
+                        row = {
+                            "size": label, "bytes": size, "op": op, "workers": w,
+                            "servers": n_servers, "ops_per_s": rate,
+                            "gb_per_s": rate * moved(op, size) / 1e9,
+                            "raw_rt_per_s": ceiling,
+                            "raw_gb_per_s": ceiling * 2 * size / 1e9,
+                            "ratio_to_raw": rate / ceiling,
+                        }
+                        rows.append(row)
+                        print(f"zps {op:>9} {label:>6} workers={w} servers={n_servers}: "
+                              f"{rate:9.1f} ops/s {row['gb_per_s']:6.2f} GB/s "
+                              f"({row['ratio_to_raw']:.2f}x raw)", flush=True)
+    print_table(rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({
+        "machine": {"python": platform.python_version(), "cpus": mp.cpu_count(),
+                    "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
+        "seconds_per_cell": args.seconds, "rows": rows,
+    }, indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'op':>9} {'size':>6} {'wk':>3} {'srv':>3} {'ops/s':>9} {'GB/s':>6} "
+          f"{'raw rt/s':>9} {'raw GB/s':>8} {'x raw':>6}")
+    for r in rows:
+        print(f"{r['op']:>9} {r['size']:>6} {r['workers']:>3} {r['servers']:>3} "
+              f"{r['ops_per_s']:9.1f} {r['gb_per_s']:6.2f} {r['raw_rt_per_s']:9.1f} "
+              f"{r['raw_gb_per_s']:8.2f} {r['ratio_to_raw']:6.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
