@@ -10,6 +10,7 @@ runs in a daemon thread instead and calls are handed to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -88,10 +89,9 @@ class _Heartbeats:
                 for sock in sockets:
                     while sock.poll(0):  # answers are not needed: drop them
                         sock.recv_multipart()
-                    try:
+                    # Server unreachable for now: the main path will report it.
+                    with contextlib.suppress(zmq.Again):
                         sock.send_multipart(frames, zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass  # server unreachable for now; the main path will report it
             for sock in sockets:
                 sock.close(linger=0)
 
