@@ -4,7 +4,7 @@
 message's round trip on loopback. Here a plain socket's file descriptor is watched with
 ``loop.add_reader``; when it fires, every queued message is drained without blocking and
 handed to a callback. ZeroMQ's descriptor is edge-triggered, so after each send the
-socket is checked again on the next loop turn rather than trusting the next wake-up.
+socket's events are checked again rather than trusting the next wake-up.
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ class LoopSocket:
 
     def send(self, frames: Sequence[Any]) -> None:
         """Queue a multipart message (buffers of 64 KiB or more are not copied)."""
-        self.socket.send_multipart(frames, _NOBLOCK, copy=False)
-        self._schedule()
+        sock = self.socket
+        sock.send_multipart(frames, _NOBLOCK, copy=False)
+        # Sending may have consumed the descriptor's wake-up for a message that arrived
+        # meanwhile: look now, and drain on the next turn only if something is waiting.
+        if sock.getsockopt(_EVENTS) & _POLLIN:
+            self._schedule()
 
     def _schedule(self) -> None:
         if not self._scheduled and not self._closed:
