@@ -14,13 +14,47 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
+import zmq.backend
 
 OnMessage = Callable[[list[zmq.Frame]], None]
 
-# Plain ints: pyzmq's enum wrappers cost more than a small message on the hot path.
+# Plain ints and pyzmq's Cython methods: the enum arithmetic inside pyzmq's multipart
+# helpers costs more than a small message's whole trip on loopback.
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+
+# Frames at least this large are sent zero-copy; smaller ones are cheaper to copy.
+ZERO_COPY_BYTES = 64 * 1024
+
+
+def _nbytes(frame: Any) -> int:
+    if isinstance(frame, bytes):
+        return len(frame)
+    if isinstance(frame, zmq.Frame):
+        return ZERO_COPY_BYTES  # already a frame: pass it as it is
+    return memoryview(frame).nbytes
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[Any]) -> None:
+    """Send a multipart message without blocking (``zmq.Again`` at the high-water mark)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _send(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK,
+              _nbytes(frame) < ZERO_COPY_BYTES, False)
+
+
+def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
+    """Receive one multipart message as zero-copy frames; ``zmq.Again`` if none is queued."""
+    frames = [_recv(sock, _NOBLOCK, False, False)]
+    while _get(sock, _RCVMORE):
+        frames.append(_recv(sock, _NOBLOCK, False, False))
+    return frames
 
 
 class LoopSocket:
@@ -44,10 +78,10 @@ class LoopSocket:
     def send(self, frames: Sequence[Any]) -> None:
         """Queue a multipart message (buffers of 64 KiB or more are not copied)."""
         sock = self.socket
-        sock.send_multipart(frames, _NOBLOCK, copy=False)
+        send_frames(sock, frames)
         # Sending may have consumed the descriptor's wake-up for a message that arrived
         # meanwhile: look now, and drain on the next turn only if something is waiting.
-        if sock.getsockopt(_EVENTS) & _POLLIN:
+        if _get(sock, _EVENTS) & _POLLIN:
             self._schedule()
 
     def _schedule(self) -> None:
@@ -58,9 +92,9 @@ class LoopSocket:
     def _drain(self) -> None:
         self._scheduled = False
         sock = self.socket
-        while not self._closed and sock.getsockopt(_EVENTS) & _POLLIN:
+        while not self._closed and _get(sock, _EVENTS) & _POLLIN:
             try:
-                frames = sock.recv_multipart(_NOBLOCK, copy=False)
+                frames = recv_frames(sock)
             except zmq.Again:
                 break
             self._on_message(frames)

@@ -20,12 +20,9 @@ from zps.config import ServerConfig
 from zps.errors import ProtocolError
 from zps.protocol import DecodeError, Reply, decode_request, encode_reply
 from zps.server.core import ServerCore
-from zps.transport import LoopSocket
+from zps.transport import ZERO_COPY_BYTES, LoopSocket
 
 log = logging.getLogger("zps.server")
-
-# Buffers at least this large are sent zero-copy (and tracked); smaller ones are copied.
-ZERO_COPY_BYTES = 64 * 1024
 
 
 class Server:
