@@ -27,7 +27,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get
+_get: Callable[[zmq.Socket, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
 
 # Frames at least this large are sent zero-copy; smaller ones are cheaper to copy.
 ZERO_COPY_BYTES = 64 * 1024
@@ -69,7 +69,7 @@ class LoopSocket:
         self.socket = sock
         self._on_message = on_message
         self._loop = loop or asyncio.get_running_loop()
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._scheduled = False
         self._closed = False
         self._loop.add_reader(self._fd, self._drain)

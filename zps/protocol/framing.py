@@ -141,7 +141,8 @@ def _build_request(header: dict[Any, Any], buffers: Sequence[Any], limits: Limit
     op = _field_op(header)
     client_id = _field_str(header, "c", "client id", limits.max_client_id_length)
     request_id = header.get("r")
-    if not _is_int(request_id) or not 0 <= request_id <= _MAX_REQUEST_ID:
+    if not isinstance(request_id, int) or isinstance(request_id, bool) \
+            or not 0 <= request_id <= _MAX_REQUEST_ID:
         raise DecodeError("bad_header", "request id 'r' must be an integer in [0, 2**63)")
     tensors = _field_tensors(header, limits)
     names = _field_names(header, limits)
@@ -156,7 +157,7 @@ def _build_request(header: dict[Any, Any], buffers: Sequence[Any], limits: Limit
 def _field_op(header: dict[Any, Any]) -> Op:
     op = header.get("op")
     try:
-        return Op(op)
+        return Op(op) if isinstance(op, str) else Op("")
     except ValueError:
         known = ", ".join(o.value for o in Op)
         raise DecodeError("bad_op", f"unknown op {op!r}; expected one of: {known}") from None

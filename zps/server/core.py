@@ -40,8 +40,8 @@ class ServerCore:
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._lead_table: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
-            ("requests", "errors", "pushes", "duplicates", "pulls", "rounds", "bytes_in",
-             "bytes_out"), 0
+            ("requests", "errors", "pushes", "duplicates", "pulls", "rounds", "heartbeats",
+             "dead", "bytes_in", "bytes_out"), 0
         )
         self.handlers: dict[Op, Callable[[Request], Result]] = {
             Op.HELLO: self.hello,
@@ -93,6 +93,7 @@ class ServerCore:
         return self._reply(request)
 
     def heartbeat(self, request: Request) -> Reply:
+        self.counters["heartbeats"] += 1
         if request.client_id not in self.members:
             raise ProtocolError("not_registered", "unknown client: send hello again")
         return self._reply(request)
@@ -110,6 +111,7 @@ class ServerCore:
         """Declare dead every member silent for heartbeat_interval x liveness."""
         deadline = now - self.config.heartbeat_interval * self.config.liveness
         for member in self.members.silent_since(deadline):
+            self.counters["dead"] += 1
             self.forget(member.client_id, "declared dead (no heartbeat)")
 
     # ------------------------------------------------------------ tables

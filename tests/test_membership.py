@@ -1,0 +1,116 @@
+"""Workers joining, heartbeating, leaving and dying, with real sockets and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import zps
+import zps.runtime
+
+from .conftest import ROOT, python_env, wait_for
+
+# A worker that registers, pushes once for round 1 and then hangs until killed.
+HANGING_WORKER = """
+import sys, numpy as np, zps
+ps = zps.Client([sys.argv[1]], heartbeat_interval=0.1)
+ps.init({"w": np.zeros(2)})
+ps.push({"w": np.ones(2)})
+print("pushed", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_killed_worker_is_declared_dead_and_the_round_completes(start_server) -> None:
+    server = start_server(mode="sync", workers=2, heartbeat_interval=0.1, liveness=3)
+    with zps.Client([server.address], heartbeat_interval=0.1) as ps:
+        ps.init({"w": np.zeros(2)})
+        proc = subprocess.Popen([sys.executable, "-c", HANGING_WORKER, server.address],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=python_env(), cwd=ROOT)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "pushed"
+            # Round 2 needs the hanging worker; it dies without a word.
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            result = ps.push_pull({"w": np.full(2, 3.0)})  # round 1: (1 + 3) / 2
+            np.testing.assert_array_equal(result["w"], 2)
+            result = ps.push_pull({"w": np.full(2, 4.0)})  # round 2 closes once it is dead
+            np.testing.assert_array_equal(result["w"], 6)
+        finally:
+            proc.kill()
+            proc.wait()
+        stats = ps.stats()[0]
+    assert stats["counters"]["dead"] == 1
+    assert [m["role"] for m in stats["members"]] == ["worker"]
+
+
+def test_heartbeats_keep_an_idle_worker_alive(start_server) -> None:
+    server = start_server(mode="sync", heartbeat_interval=0.1, liveness=3)
+    with zps.Client([server.address], heartbeat_interval=0.05) as ps:
+        ps.init({"w": np.zeros(2)})
+
+        def heartbeats() -> int:
+            return server.run(lambda: server.server.core.counters["heartbeats"])
+
+        # Idle (no calls) for well past the 0.3 s liveness deadline, counted in heartbeats.
+        wait_for(lambda: heartbeats() >= 12, what="heartbeats")
+        assert server.run(lambda: server.server.core.counters["dead"]) == 0
+        np.testing.assert_array_equal(ps.push_pull({"w": np.ones(2)})["w"], 1)
+
+
+def test_observer_never_holds_a_round(start_server) -> None:
+    server = start_server(mode="sync")
+    with zps.Client([server.address]) as worker, \
+            zps.Client([server.address], role="observer") as observer:
+        worker.init({"w": np.zeros(2)})
+        observer.init({"w": np.zeros(2)})
+        np.testing.assert_array_equal(worker.push_pull({"w": np.ones(2)})["w"], 1)
+        np.testing.assert_array_equal(observer.pull()["w"], 1)
+        with pytest.raises(zps.RejectedError, match="not a registered worker"):
+            observer.push({"w": np.ones(2)})
+
+
+def test_async_client_concurrent_requests(start_server) -> None:
+    server = start_server(mode="async")
+
+    async def main() -> np.ndarray:
+        async with zps.AsyncClient([server.address]) as ps:
+            await ps.init({"w": np.zeros(3)})
+            await asyncio.gather(*(ps.push({"w": np.ones(3)}) for _ in range(50)))
+            return (await ps.pull())["w"]
+
+    np.testing.assert_array_equal(zps.runtime.run(main()), 50)
+
+
+def test_blocking_client_inside_a_running_loop(start_server) -> None:
+    server = start_server(mode="async")
+
+    async def notebook_cell() -> np.ndarray:
+        # Jupyter runs cells inside an event loop; the blocking client must still work.
+        with zps.Client([server.address]) as ps:
+            ps.init({"w": np.zeros(2)})
+            return ps.push_pull({"w": np.ones(2)})["w"]
+
+    np.testing.assert_array_equal(asyncio.run(notebook_cell()), 1)
+
+
+def test_client_used_from_another_thread_after_creation(start_server) -> None:
+    server = start_server(mode="async")
+    ps = zps.Client([server.address])
+    try:
+        ps.init({"w": np.zeros(2)})
+        out: dict[str, np.ndarray] = {}
+        t = threading.Thread(target=lambda: out.update(ps.push_pull({"w": np.ones(2)})))
+        t.start()
+        t.join(timeout=20)
+        np.testing.assert_array_equal(out["w"], 1)
+    finally:
+        ps.close()
+    assert not any(th.name.startswith("zps-") for th in threading.enumerate())
