@@ -14,7 +14,8 @@ from typing import Any
 
 import zmq
 
-from zps.errors import ClosedError, ConnectionLost, ProtocolError, ServerUnreachable, remote_error
+from zps.client.session import check_reply, unreachable_message
+from zps.errors import ClosedError, ProtocolError, ServerUnreachable
 from zps.protocol import Op, Reply, Request, TensorMeta, decode_reply, encode_request
 from zps.transport import LoopSocket
 
@@ -76,13 +77,10 @@ class Connection:
                     continue  # resend with the same id: the server applies it at most once
                 finally:
                     timer.cancel()
-                return self._check(reply, op)
+                return check_reply(reply, op, self.server_id, self.address)
         finally:
             self._pending.pop(rid, None)
-        raise ServerUnreachable(
-            f"no answer from the zps server at {self.address} to {op} after {attempts} "
-            f"tries of {timeout:g} s; check that zps-server is running there and reachable"
-        )
+        raise ServerUnreachable(unreachable_message(self.address, op, attempts, timeout))
 
     async def _send(self, frames: list[Any], timeout: float) -> None:
         """Queue ``frames``; if the socket is at its high-water mark, wait for room."""
@@ -96,18 +94,6 @@ class Connection:
                 if loop.time() > deadline:
                     return  # counted as a lost attempt; the caller retries or gives up
                 await asyncio.sleep(0.001)
-
-    def _check(self, reply: Reply, op: Op) -> Reply:
-        sid = reply.info.get("sid")
-        if self.server_id is not None and sid is not None and sid != self.server_id:
-            raise ConnectionLost(
-                f"the zps server at {self.address} restarted (instance {self.server_id} is now "
-                f"{sid}) and lost its tables; restart the job, or standbys will recover it"
-            )
-        if reply.error is not None:
-            code, message = reply.error
-            raise remote_error(code, f"{op} failed: {message}", self.address)
-        return reply
 
     def _on_reply(self, frames: list[zmq.Frame]) -> None:
         try:
