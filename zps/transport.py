@@ -49,6 +49,11 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any]) -> None:
               _nbytes(frame) < ZERO_COPY_BYTES, False)
 
 
+def readable(sock: zmq.Socket) -> bool:
+    """True if a message is queued on ``sock`` (also re-arms its edge-triggered descriptor)."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)
+
+
 def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
     """Receive one multipart message as zero-copy frames; ``zmq.Again`` if none is queued."""
     frames = [_recv(sock, _NOBLOCK, False, False)]
@@ -81,7 +86,7 @@ class LoopSocket:
         send_frames(sock, frames)
         # Sending may have consumed the descriptor's wake-up for a message that arrived
         # meanwhile: look now, and drain on the next turn only if something is waiting.
-        if _get(sock, _EVENTS) & _POLLIN:
+        if readable(sock):
             self._schedule()
 
     def _schedule(self) -> None:
@@ -92,7 +97,7 @@ class LoopSocket:
     def _drain(self) -> None:
         self._scheduled = False
         sock = self.socket
-        while not self._closed and _get(sock, _EVENTS) & _POLLIN:
+        while not self._closed and readable(sock):
             try:
                 frames = recv_frames(sock)
             except zmq.Again:

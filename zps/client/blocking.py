@@ -28,7 +28,7 @@ from zps.client.session import Arrays, Message, Session, check_reply, unreachabl
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ProtocolError, ServerUnreachable, ZpsError
 from zps.protocol import Op, Reply, Request, decode_reply, encode_request
-from zps.transport import recv_frames, send_frames
+from zps.transport import readable, recv_frames, send_frames
 
 log = logging.getLogger("zps.client")
 
@@ -227,7 +227,7 @@ class Client:
 
     def _receive(self, sock: zmq.Socket, inflight: dict[int, _InFlight],
                  replies: list[Reply | None]) -> None:
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(sock):
             frames = recv_frames(sock)
             try:
                 reply = decode_reply(frames)
