@@ -81,15 +81,7 @@ def raw_echo(size: int, workers: int, seconds: float) -> float:
     server = mpc.Process(target=_echo_server, args=(address, ready))
     server.start()
     ready.wait(30)
-    start, out = mpc.Barrier(workers + 1), mpc.Queue()
-    clients = [mpc.Process(target=_raw_client, args=(address, size, seconds, start, out))
-               for _ in range(workers)]
-    for c in clients:
-        c.start()
-    start.wait()
-    rate = sum(n / dt for n, dt in (out.get(timeout=120) for _ in clients))
-    for c in clients:
-        c.join()
+    rate = run_timed(_raw_client, (address, size, seconds), workers)
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as stop:
         stop.connect(address)
         stop.send(b"stop")
@@ -123,16 +115,24 @@ def _zps_client(servers: list[str], op: str, size: int, seconds: float, start: A
 
 def zps_rate(servers: list[str], op: str, size: int, workers: int, seconds: float) -> float:
     """Operations per second summed over ``workers`` worker processes."""
+    return run_timed(_zps_client, (servers, op, size, seconds), workers)
+
+
+def run_timed(target: Any, args: tuple[Any, ...], workers: int) -> float:
+    """Start ``workers`` processes of ``target(*args, start, out)`` together; summed rate.
+
+    Each process gets ready, waits at the barrier ``start``, runs for its time and puts
+    ``(count, seconds)`` on ``out``.
+    """
     mpc = mp.get_context("spawn")
     start, out = mpc.Barrier(workers + 1), mpc.Queue()
-    procs = [mpc.Process(target=_zps_client, args=(servers, op, size, seconds, start, out))
-             for _ in range(workers)]
-    for p in procs:
-        p.start()
+    procs = [mpc.Process(target=target, args=(*args, start, out)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
     start.wait()
     rate = sum(n / dt for n, dt in (out.get(timeout=300) for _ in procs))
-    for p in procs:
-        p.join()
+    for proc in procs:
+        proc.join()
     return rate
 
 

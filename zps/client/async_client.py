@@ -13,7 +13,7 @@ import zmq
 
 from zps.client.connection import Connection, _Counter
 from zps.client.placement import Layout
-from zps.client.session import Arrays, Message, Session
+from zps.client.session import Arrays, Message, Session, SessionProperties
 from zps.config import ClientConfig
 from zps.errors import ZpsError
 from zps.protocol import Op
@@ -21,7 +21,7 @@ from zps.protocol import Op
 log = logging.getLogger("zps.client")
 
 
-class AsyncClient:
+class AsyncClient(SessionProperties):
     """Push and pull parameters held by one or more zps servers, from asyncio code.
 
     ``async with AsyncClient(["tcp://127.0.0.1:5570"]) as ps: ...`` connects to every
@@ -51,27 +51,6 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @property
-    def servers(self) -> list[str]:
-        return self._session.servers
-
-    @property
-    def config(self) -> ClientConfig:
-        return self._session.config
-
-    @property
-    def client_id(self) -> str:
-        return self._session.client_id
-
-    @property
-    def layout(self) -> Layout | None:
-        return self._session.layout
-
-    @property
-    def mode(self) -> str:
-        """The consistency mode the servers run (``sync`` or ``async``)."""
-        return str(self._connections[0].info.get("mode", "")) if self._connections else ""
-
     async def connect(self) -> None:
         """Open a DEALER per server and say hello to each (registers this worker)."""
         self._context = zmq.Context()
@@ -81,18 +60,20 @@ class AsyncClient:
             Connection(self._context, addr, self.client_id, ids) for addr in self.servers
         ]
         try:
-            await asyncio.gather(*(self._hello(c) for c in self._connections))
+            replies = await asyncio.gather(*(self._hello(c) for c in self._connections))
         except BaseException:
             await self.close()
             raise
         if self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
-    async def _hello(self, conn: Connection) -> None:
+        self._session.hello = list(replies)
+
+    async def _hello(self, conn: Connection) -> dict[str, Any]:
         reply = await conn.request(Op.HELLO, options={"role": self.config.role},
                                    timeout=self.config.connect_timeout, attempts=1)
         conn.server_id = reply.info["sid"]
-        conn.info = reply.info
+        return reply.info
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval

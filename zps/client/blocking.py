@@ -24,7 +24,14 @@ import numpy as np
 import zmq
 
 from zps.client.placement import Layout
-from zps.client.session import Arrays, Message, Session, check_reply, unreachable_message
+from zps.client.session import (
+    Arrays,
+    Message,
+    Session,
+    SessionProperties,
+    check_reply,
+    unreachable_message,
+)
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ProtocolError, ServerUnreachable, ZpsError
 from zps.protocol import Op, Reply, Request, decode_reply, encode_request
@@ -38,7 +45,6 @@ class _Server:
     address: str
     socket: zmq.Socket
     server_id: str | None = None
-    info: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -50,7 +56,7 @@ class _InFlight:
     attempts_left: int
 
 
-class Client:
+class Client(SessionProperties):
     """Blocking zps client with the same methods as ``AsyncClient``.
 
     ::
@@ -98,23 +104,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    @property
-    def config(self) -> ClientConfig:
-        return self._session.config
-
-    @property
-    def client_id(self) -> str:
-        return self._session.client_id
-
-    @property
-    def layout(self) -> Layout | None:
-        return self._session.layout
-
-    @property
-    def mode(self) -> str:
-        """The consistency mode the servers run (``sync`` or ``async``)."""
-        return str((self._servers[0].info or {}).get("mode", ""))
 
     # ------------------------------------------------------------ public API
 
@@ -170,7 +159,7 @@ class Client:
         replies = self._exchange(hellos, self.config.connect_timeout, 1)
         for server, reply in zip(self._servers, replies, strict=True):
             server.server_id = reply.info["sid"]
-            server.info = reply.info
+        self._session.hello = [r.info for r in replies]
 
     def _to_each(self, op: Op) -> list[Message]:
         return [Message(i, op, ()) for i in range(len(self._servers))]

@@ -31,7 +31,6 @@ class Connection:
         self.address = address
         self.client_id = client_id
         self.server_id: str | None = None
-        self.info: dict[str, Any] = {}
         self._ids = ids
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         sock = context.socket(zmq.DEALER)

@@ -57,6 +57,7 @@ class Session:
         self.config = replace(config or ClientConfig(), **overrides)
         self.client_id = self.config.client_id or f"c-{uuid.uuid4().hex[:12]}"
         self.layout: Layout | None = None
+        self.hello: list[dict[str, Any]] = []  # each server's answer to hello, in order
 
     # ------------------------------------------------------------ tables
 
@@ -149,6 +150,36 @@ class Session:
                 out[part.table][...] = got[part.key]
             else:
                 out[part.table][part.start:part.stop] = got[part.key]
+
+
+class SessionProperties:
+    """What both clients expose about their session."""
+
+    _session: Session
+
+    @property
+    def servers(self) -> list[str]:
+        """The server endpoints, in the order given."""
+        return self._session.servers
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._session.config
+
+    @property
+    def client_id(self) -> str:
+        """This client's id on the servers (also its worker id)."""
+        return self._session.client_id
+
+    @property
+    def layout(self) -> Layout | None:
+        """Where each table lives, once ``init`` was called."""
+        return self._session.layout
+
+    @property
+    def mode(self) -> str:
+        """The consistency mode the servers run (``sync`` or ``async``)."""
+        return str(self._session.hello[0].get("mode", "")) if self._session.hello else ""
 
 
 def check_reply(reply: Reply, op: Op, server_id: str | None, address: str) -> Reply:
