@@ -200,14 +200,23 @@ def test_shape_mismatch_from_the_wire_changes_nothing(start_server) -> None:
         sock.close()
 
 
-def test_oversized_message_is_rejected(start_server) -> None:
-    server = start_server(limits=zps.protocol.Limits(max_message_bytes=4096))
+def test_oversized_message_is_refused_by_client_and_server(start_server) -> None:
+    server = start_server(limits=zps.protocol.Limits(max_message_bytes=128 * 1024))
     with zps.Client([server.address]) as ps:
         ps.init({"w": np.zeros(8, np.float32)})
         with pytest.raises(zps.RejectedError, match="exceeds the server's limit"):
-            ps.init({"big": np.zeros(2048, np.float32)})
+            ps.init({"big": np.zeros(64 * 1024, np.float32)})  # 256 KiB in one part
         ps.push({"w": np.ones(8)})
         np.testing.assert_array_equal(ps.pull()["w"], 1)
+    # A peer that ignores the limit: every frame fits, the message as a whole does not.
+    sock = raw_dealer(server.address)
+    try:
+        parts = {f"t{i}": np.zeros(16 * 1024, np.float32) for i in range(3)}  # 3 x 64 KiB
+        reply = raw_request(sock, Op.INIT, 1, arrays=parts)
+        assert reply.error is not None and reply.error[0] == "too_large"
+    finally:
+        sock.close()
+    assert server.run(lambda: len(server.server.core.store)) == 1
 
 
 def test_unreachable_server_is_a_clear_error() -> None:
@@ -244,3 +253,62 @@ def test_stats_reports_members_and_counters(start_server) -> None:
     assert stats["counters"]["pushes"] == 1 and stats["counters"]["rounds"] == 1
     assert [m["role"] for m in stats["members"]] == ["worker"]
     assert stats["tables"][0]["version"] == 1
+
+
+def test_worker_restarted_with_the_same_id_is_not_deduplicated(start_server) -> None:
+    server = start_server(mode="async")
+    for _ in range(2):  # the same worker id, two lives
+        with zps.Client([server.address], client_id="worker-7") as ps:
+            ps.init({"w": np.zeros(1)})
+            for _ in range(3):
+                ps.push({"w": np.ones(1)})
+    np.testing.assert_array_equal(table(server, "w"), 6)
+
+
+def test_a_later_init_never_moves_placed_tables(start_server) -> None:
+    servers = [start_server(), start_server()]
+    with zps.Client([s.address for s in servers]) as ps:
+        ps.init({"a": np.ones(10)})
+        ps.init({"b": np.ones(1000)})  # bigger: a fresh plan would put it first
+        np.testing.assert_array_equal(ps.pull(["a"])["a"], 1)
+        with pytest.raises(zps.ShapeMismatchError, match="does not match"):
+            ps.init({"a": np.ones(11)})
+
+
+def test_a_client_cannot_change_its_role(start_server) -> None:
+    server = start_server(mode="sync")
+    sock = raw_dealer(server.address)
+    try:
+        assert raw_request(sock, Op.HELLO, 1, client="x", options={"role": "observer"}).ok
+        reply = raw_request(sock, Op.HELLO, 2, client="x", options={"role": "worker"})
+        assert reply.error is not None and "cannot change" in reply.error[1]
+        assert server.run(lambda: server.server.core.rounds.members) == set()
+    finally:
+        sock.close()
+
+
+def test_shutdown_answers_waiting_pulls(start_server) -> None:
+    server = start_server(mode="sync", workers=2)
+    ps = zps.Client([server.address], timeout=60, retries=0)
+    errors: list[BaseException] = []
+
+    def wait_for_round() -> None:
+        try:
+            ps.push_pull({"w": np.ones(2)})
+        except zps.ZpsError as exc:
+            errors.append(exc)
+
+    try:
+        ps.init({"w": np.zeros(2)})
+        waiter = threading.Thread(target=wait_for_round)
+        waiter.start()
+        from .conftest import wait_for
+
+        wait_for(lambda: server.run(lambda: server.server.core.counters["pushes"]) == 1,
+                 what="the push to arrive")
+        server.stop()
+        waiter.join(timeout=20)
+        assert not waiter.is_alive()
+        assert isinstance(errors[0], zps.RejectedError) and "shutting down" in str(errors[0])
+    finally:
+        ps.close()

@@ -70,6 +70,9 @@ def test_server_stops_cleanly_on_sigint(tmp_path: Path) -> None:
          "--worker-index 4 must be in 0..1"),
         (["zps.cli.worker_main", "--job", "nosuchjob"], {}, "unknown job 'nosuchjob'"),
         (["zps.cli.worker_main", "--epochs", "-1"], {}, "expected a positive integer"),
+        (["zps.cli.worker_main", "--servers", "tcp://127.0.0.1"], {}, "invalid server address"),
+        (["zps.cli.worker_main", "--metrics-out", "/nonexistent/m.json"], {},
+         "cannot write --metrics-out"),
     ],
 )
 def test_cli_mistakes_get_one_line_and_exit_2(args: list[str], env: dict[str, str],
@@ -85,6 +88,13 @@ def test_worker_with_no_server_says_so_in_one_line() -> None:
                      "--connect-timeout", "0.3", "--quiet")
     assert result.returncode == 1
     assert "could not reach a zps server at tcp://127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_ready_file_is_one_line() -> None:
+    result = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
+                     "--ready-file", "/nonexistent/addr")
+    assert result.returncode == 2 and "cannot write --ready-file" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -180,3 +180,15 @@ def test_valid_pushes_round_trip_exactly(specs: dict[str, tuple[str, list[int]]]
     for name, array in arrays.items():
         assert got[name].dtype == array.dtype and got[name].shape == array.shape
         np.testing.assert_array_equal(got[name], array)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "v": st.sampled_from([PROTOCOL_VERSION, 2]), "r": wire_values, "e": wire_values,
+    "i": wire_values, "t": wire_values}), st.lists(st.binary(max_size=16), max_size=2))
+def test_random_replies_only_raise_protocol_errors(fields: dict[str, Any],
+                                                    buffers: list[bytes]) -> None:
+    with contextlib.suppress(ProtocolError):
+        reply = decode_reply([msgpack.packb(fields), *buffers])
+        assert reply.request_id is None or isinstance(reply.request_id, int)
+        assert isinstance(reply.info, dict)

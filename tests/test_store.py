@@ -73,3 +73,10 @@ def test_dedup_window() -> None:
     dedup.record("a", 2)
     dedup.record("a", 3)
     assert not dedup.seen("a", 1) and dedup.seen("a", 3)
+
+
+def test_finished_readers_are_forgotten() -> None:
+    table = Store().create("w", np.zeros(2))
+    for _ in range(100):
+        table.pin(FakeSend(done=True))
+    assert len(table._readers) == 1

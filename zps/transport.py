@@ -10,11 +10,16 @@ socket's events are checked again rather than trusting the next wake-up.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 import zmq.backend
+
+from zps.errors import ConfigError
+
+log = logging.getLogger("zps.transport")
 
 OnMessage = Callable[[list[zmq.Frame]], None]
 
@@ -47,6 +52,16 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any]) -> None:
     for i, frame in enumerate(frames):
         _send(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK,
               _nbytes(frame) < ZERO_COPY_BYTES, False)
+
+
+def connect(sock: zmq.Socket, address: str) -> None:
+    """``sock.connect(address)``; a malformed address is a ``ConfigError`` saying so."""
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as exc:
+        raise ConfigError(
+            f"invalid server address {address!r} ({exc.strerror}); use tcp://HOST:PORT"
+        ) from None
 
 
 def readable(sock: zmq.Socket) -> bool:
@@ -83,11 +98,13 @@ class LoopSocket:
     def send(self, frames: Sequence[Any]) -> None:
         """Queue a multipart message (buffers of 64 KiB or more are not copied)."""
         sock = self.socket
-        send_frames(sock, frames)
-        # Sending may have consumed the descriptor's wake-up for a message that arrived
-        # meanwhile: look now, and drain on the next turn only if something is waiting.
-        if readable(sock):
-            self._schedule()
+        try:
+            send_frames(sock, frames)
+        finally:
+            # Sending may have consumed the descriptor's wake-up for a message that arrived
+            # meanwhile: look now, and drain on the next turn only if something is waiting.
+            if readable(sock):
+                self._schedule()
 
     def _schedule(self) -> None:
         if not self._scheduled and not self._closed:
@@ -102,11 +119,15 @@ class LoopSocket:
                 frames = recv_frames(sock)
             except zmq.Again:
                 break
-            self._on_message(frames)
+            try:
+                self._on_message(frames)
+            except Exception:  # a failing handler must not strand the messages behind it
+                log.exception("error handling a message; dropped it")
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
+        """Stop watching the socket and close it, giving queued messages ``linger`` s."""
         if self._closed:
             return
         self._closed = True
         self._loop.remove_reader(self._fd)
-        self.socket.close(linger=0)
+        self.socket.close(linger=int(linger * 1000))

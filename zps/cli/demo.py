@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"zps-demo: error: cannot create --out {out}: {exc.strerror}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     print(f"zps demo: {args.servers} servers, {args.workers} workers, mode {args.mode}, "
           f"job {args.job}; logs in {out}/", flush=True)

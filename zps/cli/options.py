@@ -155,6 +155,9 @@ def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 2
+    except OSError as exc:  # a file or socket the user pointed us at
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -75,7 +75,11 @@ async def serve(config: ServerConfig, ready_file: str = "") -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.close()))
     if ready_file:
-        _write_atomically(ready_file, server.address)
+        try:
+            _write_atomically(ready_file, server.address)
+        except OSError as exc:
+            await server.close()
+            raise UsageError(f"cannot write --ready-file {ready_file}: {exc.strerror}") from None
     await server.serve()
     await server.close()
 

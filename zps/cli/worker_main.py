@@ -81,6 +81,14 @@ def load_config(
     return client, ctx, v
 
 
+def _check_writable(path: str) -> None:
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write --metrics-out {path}: {exc.strerror}") from None
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -91,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=str(values["log_level"]).upper(), stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         signal.signal(signal.SIGTERM, _interrupt)  # leave cleanly: say bye, close sockets
+        if values["metrics_out"]:
+            _check_writable(values["metrics_out"])  # fail now, not after the training run
         try:
             job = resolve_job(values["job"])
             with Client(values["servers"], config) as ps:

@@ -56,10 +56,9 @@ class AsyncClient(SessionProperties):
         self._context = zmq.Context()
         ids = _Counter()
         self._limit = asyncio.Semaphore(self.config.max_inflight)
-        self._connections = [
-            Connection(self._context, addr, self.client_id, ids) for addr in self.servers
-        ]
         try:
+            for addr in self.servers:
+                self._connections.append(Connection(self._context, addr, self.client_id, ids))
             replies = await asyncio.gather(*(self._hello(c) for c in self._connections))
         except BaseException:
             await self.close()

@@ -30,12 +30,13 @@ from zps.client.session import (
     Session,
     SessionProperties,
     check_reply,
+    first_request_id,
     unreachable_message,
 )
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ProtocolError, ServerUnreachable, ZpsError
 from zps.protocol import Op, Reply, Request, decode_reply, encode_request
-from zps.transport import readable, recv_frames, send_frames
+from zps.transport import connect, readable, recv_frames, send_frames
 
 log = logging.getLogger("zps.client")
 
@@ -79,18 +80,18 @@ class Client(SessionProperties):
     ) -> None:
         self._session = Session(servers, config, overrides)
         self._context = zmq.Context()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_request_id())
         self._poller = zmq.Poller()
         self._servers: list[_Server] = []
         self._heartbeats: _Heartbeats | None = None
         self._closed = False
-        for address in self._session.servers:
-            sock = self._context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(address)
-            self._poller.register(sock, zmq.POLLIN)
-            self._servers.append(_Server(address, sock))
         try:
+            for address in self._session.servers:
+                sock = self._context.socket(zmq.DEALER)
+                self._servers.append(_Server(address, sock))
+                sock.setsockopt(zmq.LINGER, 0)
+                connect(sock, address)
+                self._poller.register(sock, zmq.POLLIN)
             self._hello()
         except BaseException:
             self._close_sockets()

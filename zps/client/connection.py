@@ -14,10 +14,10 @@ from typing import Any
 
 import zmq
 
-from zps.client.session import check_reply, unreachable_message
+from zps.client.session import check_reply, first_request_id, unreachable_message
 from zps.errors import ClosedError, ProtocolError, ServerUnreachable
 from zps.protocol import Op, Reply, Request, TensorMeta, decode_reply, encode_request
-from zps.transport import LoopSocket
+from zps.transport import LoopSocket, connect
 
 log = logging.getLogger("zps.client")
 
@@ -35,7 +35,11 @@ class Connection:
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
+        try:
+            connect(sock, address)
+        except BaseException:
+            sock.close(linger=0)
+            raise
         self._socket = LoopSocket(sock, self._on_reply)
         self._closed = False
 
@@ -133,7 +137,7 @@ class _Counter:
     """Request ids, increasing per client across all its connections."""
 
     def __init__(self) -> None:
-        self._value = 0
+        self._value = first_request_id()
 
     def next(self) -> int:
         self._value += 1

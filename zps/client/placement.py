@@ -62,15 +62,20 @@ class Layout:
         return load
 
 
-def plan(specs: Mapping[str, TableSpec], servers: int, chunk_bytes: int) -> Layout:
+def plan(
+    specs: Mapping[str, TableSpec], servers: int, chunk_bytes: int, keep: Layout | None = None
+) -> Layout:
     """Place ``specs`` on ``servers`` servers; tables above ``chunk_bytes`` become row parts.
 
-    Biggest first, each piece to the least loaded server (lowest index on ties), so the
-    result depends only on the inputs and is the same on every worker.
+    Tables already placed in ``keep`` stay where they are (a later ``init`` never moves
+    them); the others go biggest first, each piece to the least loaded server (lowest
+    index on ties), so the result depends only on the inputs and is the same on every
+    worker that makes the same ``init`` calls.
     """
-    load = [0] * servers
-    parts: dict[str, tuple[Part, ...]] = {}
-    for name in sorted(specs, key=lambda n: (-specs[n].nbytes, n)):
+    parts: dict[str, tuple[Part, ...]] = dict(keep.parts) if keep else {}
+    load = keep.bytes_per_server() if keep else [0] * servers
+    fresh = [n for n in specs if n not in parts]
+    for name in sorted(fresh, key=lambda n: (-specs[n].nbytes, n)):
         spec = specs[name]
         pieces = []
         for start, stop in _row_ranges(spec, chunk_bytes):
@@ -81,7 +86,7 @@ def plan(specs: Mapping[str, TableSpec], servers: int, chunk_bytes: int) -> Layo
             key = name if whole else f"{name}[{start}:{stop}]"
             pieces.append(Part(name, key, server, start, stop, whole, nbytes))
         parts[name] = tuple(pieces)
-    return Layout(dict(specs), parts, servers)
+    return Layout({**(keep.specs if keep else {}), **specs}, parts, servers)
 
 
 def _row_ranges(spec: TableSpec, chunk_bytes: int) -> list[tuple[int, int]]:

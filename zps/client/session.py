@@ -7,6 +7,7 @@ client id, the table layout learnt from ``init``, and the planning of each call 
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,10 +17,20 @@ import numpy as np
 
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
 from zps.config import ClientConfig
-from zps.errors import ConfigError, ConnectionLost, ShapeMismatchError, ZpsError, remote_error
+from zps.errors import (
+    ConfigError,
+    ConnectionLost,
+    RejectedError,
+    ShapeMismatchError,
+    ZpsError,
+    remote_error,
+)
 from zps.protocol import DTYPES, Op, Reply, Request, TensorMeta
 
 Arrays = dict[str, np.ndarray]
+
+# Room left for the msgpack header when checking a message against the server's size limit.
+HEADER_ALLOWANCE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,13 @@ class Message:
     def request(self, client_id: str, request_id: int) -> Request:
         return Request(self.op, client_id, request_id, self.tensors, self.names,
                        self.options, self.buffers)
+
+
+def first_request_id() -> int:
+    """Where a client's request ids start: random, so a worker restarted with the same
+    client id never reuses ids still in the server's dedup window (and far below the
+    heartbeat thread's ids, which start at 2**62)."""
+    return secrets.randbits(48) + 1
 
 
 def server_list(servers: str | Sequence[str]) -> list[str]:
@@ -65,9 +83,15 @@ class Session:
         """The layout after adding ``tensors``, and the arrays to send (not yet committed)."""
         arrays = {name: _as_table_array(name, value) for name, value in tensors.items()}
         specs = {name: TableSpec(a.shape, a.dtype) for name, a in arrays.items()}
-        if self.layout is not None:
-            specs = {**self.layout.specs, **specs}
-        return plan(specs, len(self.servers), self.config.chunk_bytes), arrays
+        known = self.layout.specs if self.layout else {}
+        for name, spec in specs.items():
+            if name in known and known[name] != spec:
+                raise ShapeMismatchError(
+                    "conflict",
+                    f"init of {name!r} with {spec.dtype}{list(spec.shape)} does not match the "
+                    f"table's {known[name].dtype}{list(known[name].shape)}",
+                )
+        return plan(specs, len(self.servers), self.config.chunk_bytes, self.layout), arrays
 
     def need_layout(self) -> Layout:
         if self.layout is None:
@@ -111,8 +135,26 @@ class Session:
     def messages(self, op: Op, layout: Layout, names: Sequence[str],
                  arrays: Mapping[str, np.ndarray] | None = None) -> list[Message]:
         """One message per server and chunk: parts batched up to ``chunk_bytes``."""
-        return [self._message(op, group, arrays)
-                for group in self._group(list(layout.parts_of(list(names))))]
+        messages = [self._message(op, group, arrays)
+                    for group in self._group(list(layout.parts_of(list(names))))]
+        for message in messages:
+            self._check_size(message)
+        return messages
+
+    def _check_size(self, message: Message) -> None:
+        """Refuse, before sending, a message larger than its server accepts."""
+        if message.server >= len(self.hello):
+            return
+        limit = self.hello[message.server].get("max_message_bytes")
+        size = sum(t.nbytes for t in message.tensors)
+        if isinstance(limit, int) and size + HEADER_ALLOWANCE > limit:
+            raise RejectedError(
+                "too_large",
+                f"a {message.op} of {size} bytes exceeds the server's limit of {limit} bytes; "
+                "lower chunk_bytes (tables larger than it are split) or raise the server's "
+                "--max-message-bytes",
+                self.servers[message.server],
+            )
 
     def _group(self, parts: list[Part]) -> list[list[Part]]:
         groups: list[list[Part]] = []

@@ -258,10 +258,14 @@ def decode_reply(frames: Sequence[Any]) -> Reply:
     if header.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", f"reply speaks protocol {header.get('v')!r}")
     request_id = header.get("r")
+    if request_id is not None and not _is_int(request_id):
+        raise ProtocolError("bad_header", "reply request id 'r' must be an integer or nil")
     error = header.get("e")
     tensors = _field_tensors(header, DEFAULT_LIMITS)
     _check_buffers(tensors, frames[1:])
     info = header.get("i", {})
+    if not isinstance(info, dict):
+        raise ProtocolError("bad_header", "reply info 'i' must be a map")
     if error is not None:
         if not (isinstance(error, list) and len(error) == 2
                 and all(isinstance(part, str) for part in error)):

@@ -24,6 +24,9 @@ from zps.transport import ZERO_COPY_BYTES, LoopSocket
 
 log = logging.getLogger("zps.server")
 
+# On shutdown, how long error replies to waiting pulls may take to leave.
+SHUTDOWN_FLUSH_SECONDS = 1.0
+
 
 class Server:
     """One zps server process: ``async with Server(config) as server: await server.serve()``.
@@ -40,6 +43,7 @@ class Server:
         self._context = context or zmq.Context()
         self._socket: LoopSocket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._replies: set[asyncio.Task[Any]] = set()  # replies waiting for a round
         self._closed = asyncio.Event()
         self.address = ""
 
@@ -57,6 +61,9 @@ class Server:
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         sock.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client keeps its identity
+        # ZeroMQ drops a peer that sends a larger frame before buffering it whole; the
+        # protocol check in decode_request then answers messages over the limit in total.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
         bind = self.config.bind
         if bind.startswith("tcp://") and bind.endswith(":0"):
             bind = bind[:-2] + ":*"
@@ -78,20 +85,24 @@ class Server:
         if self._closed.is_set():
             return
         self._closed.set()
+        # Pulls waiting for a round get a "shutting down" error reply, not silence.
         self.core.cancel_waiters()
+        if self._replies:
+            await asyncio.wait(self._replies, timeout=SHUTDOWN_FLUSH_SECONDS)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._socket is not None:
-            self._socket.close()
+            self._socket.close(linger=SHUTDOWN_FLUSH_SECONDS)
         if self._own_context:
             self._context.term()
         log.info("zps-server %s stopped", self.server_id)
 
-    def _own(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _own(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _reap_loop(self) -> None:
         interval = self.config.heartbeat_interval
@@ -119,7 +130,9 @@ class Server:
         if isinstance(result, Reply):
             self._send(peer, result)
         else:
-            self._own(self._send_later(peer, request_id, result))
+            task = self._own(self._send_later(peer, request_id, result))
+            self._replies.add(task)
+            task.add_done_callback(self._replies.discard)
 
     async def _send_later(
         self, peer: bytes, request_id: int | None, pending: Coroutine[Any, Any, Reply]

@@ -70,7 +70,14 @@ class ServerCore:
         role = request.options.get("role", "worker")
         if role not in ROLES:
             raise ProtocolError("bad_header", f"role {role!r} must be one of {ROLES}")
-        _member, new = self.members.add(request.client_id, role, time.monotonic())
+        known = self.members.get(request.client_id)
+        if known is not None and known.role != role:
+            raise ProtocolError(
+                "bad_header",
+                f"client {request.client_id} is registered as {known.role}; a role cannot "
+                "change, connect with another client id",
+            )
+        _, new = self.members.add(request.client_id, role, time.monotonic())
         if role == "worker":
             self.rounds.join(request.client_id)
         if new:
@@ -86,6 +93,7 @@ class ServerCore:
             "workers": self.config.workers,
             "heartbeat_interval": self.config.heartbeat_interval,
             "liveness": self.config.liveness,
+            "max_message_bytes": self.config.limits.max_message_bytes,
         }
 
     def bye(self, request: Request) -> Reply:

@@ -42,6 +42,7 @@ class Table:
 
     def pin(self, reader: Reader) -> None:
         """Keep the current buffer unchanged until ``reader.done`` turns true."""
+        self._readers = [r for r in self._readers if not r.done]
         self._readers.append(reader)
 
     def apply(self, update: np.ndarray, scale: float = 1.0) -> None:
