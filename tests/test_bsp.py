@@ -97,3 +97,60 @@ def test_rounds_never_close_twice_and_no_push_applies_twice(min_members: int, sc
         for c in rounds.leave(m):
             applied.extend(c.payloads)
     assert len(applied) == len(set(applied))
+
+
+def test_quorum_closes_with_the_first_k_and_drops_late_pushes() -> None:
+    rounds: BspRounds[str] = BspRounds(quorum=2)
+    for m in "abc":
+        rounds.join(m)
+    rounds.push("w", "a", "a1", based_on=0)
+    _, closed = rounds.push("w", "b", "b1", based_on=0)
+    assert [(c.payloads, c.missing) for c in closed] == [(("a1", "b1"), ("c",))]
+    assert rounds.straggles["c"] == 1
+    # c's push was computed from round 0, which is no longer the latest: dropped.
+    assert rounds.push("w", "c", "c1", based_on=0) == (0, [])
+    assert rounds.dropped["c"] == 1 and rounds.open_count("w") == 0
+
+
+def test_late_pushes_can_be_folded_into_the_next_round() -> None:
+    rounds: BspRounds[str] = BspRounds(quorum=1, late="fold")
+    rounds.join("a")
+    rounds.join("b")
+    rounds.push("w", "a", "a1", based_on=0)
+    target, closed = rounds.push("w", "b", "b1", based_on=0)  # late, but kept
+    assert target == 2 and [c.payloads for c in closed] == [("b1",)]
+
+
+def test_round_timeout_closes_with_whoever_pushed() -> None:
+    rounds: BspRounds[int] = BspRounds()
+    for m in "ab":
+        rounds.join(m)
+    assert rounds.close_now("w") == []  # nothing pushed: nothing to close
+    rounds.push("w", "a", 1)
+    closed = rounds.close_now("w")
+    assert [(c.round, c.missing) for c in closed] == [(1, ("b",))]
+    assert rounds.straggles["b"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4), st.sampled_from(["drop", "fold"]), events)
+def test_quorum_rounds_apply_each_push_at_most_once(quorum: int, late, script) -> None:
+    rounds: BspRounds[int] = BspRounds(quorum=quorum, late=late)
+    seen: dict[tuple[str, str], int] = {}
+    applied: list[int] = []
+    for serial, (kind, member, key) in enumerate(script):
+        if kind == "join":
+            rounds.join(member)
+            continue
+        if kind == "leave":
+            done = rounds.leave(member)
+        elif member in rounds.members:
+            _, done = rounds.push(key, member, serial, based_on=seen.get((key, member), 0))
+            seen[(key, member)] = rounds.closed(key)  # the worker pulls after its push
+        else:
+            continue
+        for c in done:
+            assert len(c.payloads) >= 1
+            assert not set(c.members) & set(c.missing)
+            applied.extend(c.payloads)
+    assert len(applied) == len(set(applied))

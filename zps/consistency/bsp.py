@@ -1,29 +1,37 @@
 """Synchronous rounds (BSP), per table, with no I/O: who must push before a round closes.
 
 Each table (key) has its own sequence of rounds. A round closes once every live member
-has pushed to it and, before the very first round closes, once at least ``min_members``
-have joined (so one fast worker cannot close a round alone). A member that pushes again
-before its round closed is queued for the next round: one contribution per member per
-round, none lost and none applied twice.
+has pushed to it, or, with a quorum K (backup workers), once the first K have; before the
+very first round closes, at least ``min_members`` must have joined (so one fast worker
+cannot close a round alone). A round can also be closed early from outside (the server's
+``--round-timeout``). Members missing from a closed round are counted as stragglers.
+
+A push says which round its worker last saw closed (``based_on``). A push based on a round
+that is no longer the latest is *late*: it is dropped and counted, or, with
+``late="fold"``, added to the open round. A member that pushes again before its round
+closed is queued for the next round: one contribution per member per round, none lost
+and none applied twice.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 P = TypeVar("P")
+LatePolicy = Literal["drop", "fold"]
 
 
 @dataclass(frozen=True, slots=True)
 class ClosedRound(Generic[P]):
-    """A round that just closed: its number and the payloads pushed to it, in arrival order."""
+    """A round that just closed: its number, who pushed (in order) and who was missing."""
 
     key: str
     round: int
     members: tuple[str, ...]
     payloads: tuple[P, ...]
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -37,10 +45,15 @@ class _KeyRounds(Generic[P]):
 class BspRounds(Generic[P]):
     """Round bookkeeping for every key; returns closed rounds for the caller to apply."""
 
-    def __init__(self, min_members: int = 1) -> None:
+    def __init__(self, min_members: int = 1, quorum: int | None = None,
+                 late: LatePolicy = "drop") -> None:
         self.min_members = max(1, min_members)
+        self.quorum = quorum
+        self.late = late
         self.members: set[str] = set()
         self.started = False
+        self.dropped: Counter[str] = Counter()  # late pushes dropped, per member
+        self.straggles: Counter[str] = Counter()  # rounds closed without them, per member
         self._keys: dict[str, _KeyRounds[P]] = {}
 
     def join(self, member: str) -> None:
@@ -56,9 +69,17 @@ class BspRounds(Generic[P]):
             rounds.queued = deque((m, p) for m, p in rounds.queued if m != member)
         return [c for key in list(self._keys) for c in self._close_ready(key)]
 
-    def push(self, key: str, member: str, payload: P) -> tuple[int, list[ClosedRound[P]]]:
-        """Record ``member``'s push to ``key``; returns its round number and what closed."""
+    def push(self, key: str, member: str, payload: P,
+             based_on: int | None = None) -> tuple[int, list[ClosedRound[P]]]:
+        """Record ``member``'s push to ``key``; returns its round and what closed.
+
+        The round is 0 when the push was late and dropped (nothing to wait for).
+        """
         rounds = self._keys.setdefault(key, _KeyRounds())
+        if based_on is not None and based_on < rounds.closed and member not in rounds.open:
+            if self.late == "drop":
+                self.dropped[member] += 1
+                return 0, []
         if member in rounds.open:
             rounds.queued.append((member, payload))
             target = rounds.closed + 1 + sum(1 for m, _ in rounds.queued if m == member)
@@ -68,10 +89,22 @@ class BspRounds(Generic[P]):
         rounds.last_round[member] = target
         return target, self._close_ready(key)
 
+    def close_now(self, key: str) -> list[ClosedRound[P]]:
+        """Close the open round of ``key`` with whoever has pushed (a round timeout)."""
+        rounds = self._keys.get(key)
+        if rounds is None or not rounds.open:
+            return []
+        return [self._close(key, rounds), *self._close_ready(key)]
+
     def closed(self, key: str) -> int:
         """How many rounds of ``key`` have closed."""
         rounds = self._keys.get(key)
         return rounds.closed if rounds else 0
+
+    def open_count(self, key: str) -> int:
+        """How many members have pushed to the open round of ``key``."""
+        rounds = self._keys.get(key)
+        return len(rounds.open) if rounds else 0
 
     def last_round(self, key: str, member: str) -> int:
         """The round ``member``'s latest push to ``key`` belongs to (0 if it never pushed)."""
@@ -84,16 +117,28 @@ class BspRounds(Generic[P]):
         pushed = rounds.open if rounds else {}
         return tuple(sorted(m for m in self.members if m not in pushed))
 
+    def _ready(self, rounds: _KeyRounds[P]) -> bool:
+        if not rounds.open or not self.started:
+            return False
+        if self.members <= rounds.open.keys():
+            return True
+        return self.quorum is not None and len(rounds.open) >= min(self.quorum, len(self.members))
+
     def _close_ready(self, key: str) -> list[ClosedRound[P]]:
         rounds = self._keys[key]
         done: list[ClosedRound[P]] = []
-        while rounds.open and self.started and self.members <= rounds.open.keys():
-            rounds.closed += 1
-            done.append(
-                ClosedRound(key, rounds.closed, tuple(rounds.open), tuple(rounds.open.values()))
-            )
-            rounds.open = self._next_round(rounds)
+        while self._ready(rounds):
+            done.append(self._close(key, rounds))
         return done
+
+    def _close(self, key: str, rounds: _KeyRounds[P]) -> ClosedRound[P]:
+        rounds.closed += 1
+        missing = tuple(sorted(self.members - rounds.open.keys()))
+        self.straggles.update(missing)
+        closed = ClosedRound(key, rounds.closed, tuple(rounds.open),
+                             tuple(rounds.open.values()), missing)
+        rounds.open = self._next_round(rounds)
+        return closed
 
     @staticmethod
     def _next_round(rounds: _KeyRounds[P]) -> dict[str, P]:
