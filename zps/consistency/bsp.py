@@ -76,10 +76,10 @@ class BspRounds(Generic[P]):
         The round is 0 when the push was late and dropped (nothing to wait for).
         """
         rounds = self._keys.setdefault(key, _KeyRounds())
-        if based_on is not None and based_on < rounds.closed and member not in rounds.open:
-            if self.late == "drop":
-                self.dropped[member] += 1
-                return 0, []
+        late = based_on is not None and based_on < rounds.closed and member not in rounds.open
+        if late and self.late == "drop":
+            self.dropped[member] += 1
+            return 0, []
         if member in rounds.open:
             rounds.queued.append((member, payload))
             target = rounds.closed + 1 + sum(1 for m, _ in rounds.queued if m == member)
