@@ -11,8 +11,17 @@ from typing import Literal
 
 from zps.protocol import Limits
 
-Mode = Literal["sync", "async"]
-MODES: tuple[str, ...] = ("sync", "async")
+MODES: tuple[str, ...] = ("sync", "async", "ssp:K")
+
+
+def parse_mode(text: str) -> tuple[str, int]:
+    """``sync`` / ``async`` / ``ssp:K`` -> (kind, K). Raises ``ValueError`` when malformed."""
+    kind, _, bound = text.partition(":")
+    if kind in ("sync", "async") and not bound:
+        return kind, 0
+    if kind == "ssp" and bound.isdigit():
+        return kind, int(bound)
+    raise ValueError(f"mode {text!r}: use sync, async or ssp:K with K >= 0 (e.g. ssp:2)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +29,14 @@ class ServerConfig:
     """Everything a ``zps-server`` process needs to know."""
 
     bind: str = "tcp://127.0.0.1:5570"
-    mode: Mode = "sync"
+    mode: str = "sync"  # sync | async | ssp:K
     workers: int = 1  # the first sync round waits until this many workers registered
-    lr_scale: float = 1.0  # async: theta += lr_scale * delta
+    quorum: int = 0  # sync: a round closes after the first K pushes (0: all live workers)
+    late: str = "drop"  # sync: a push for a closed round is dropped, or folded into the next
+    round_timeout: float = 0.0  # sync: close a round after this many seconds (0: never)
+    aggregate: str = "mean"  # sync: mean | weighted | median | trimmed:B
+    lr_rule: str = "constant"  # async/ssp: constant | staleness | loss
+    lr_scale: float = 1.0  # async/ssp: theta += eta_i * delta, eta_i = lr_scale by default
     heartbeat_interval: float = 1.0  # seconds between the heartbeats clients send
     liveness: int = 10  # a worker silent for interval x liveness is declared dead
     log_every_rounds: int = 100  # one log line per this many closed rounds

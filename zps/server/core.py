@@ -1,30 +1,35 @@
 """The server's handlers: one function per op, over the store and the consistency rules.
 
 ``ServerCore.handle`` takes a validated ``Request`` and returns a ``Reply`` or, when the
-answer must wait for a sync round to close, a coroutine producing the reply. It does no
-socket I/O; ``zps.server.app`` is the thin asyncio shell that feeds it.
+answer must wait (a sync round to close, or the slowest worker to catch up under SSP), a
+coroutine producing the reply. It does no socket I/O; ``zps.server.app`` is the thin
+asyncio shell that feeds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 
-from zps.config import ServerConfig
-from zps.consistency import BspRounds, ClosedRound
+from zps.config import ServerConfig, parse_mode
+from zps.consistency import BspRounds, ClosedRound, SspClocks
+from zps.consistency.aggregate import aggregate, parse_rule
+from zps.consistency.rates import Rates
 from zps.errors import ProtocolError
 from zps.protocol import PROTOCOL_VERSION, Op, Reply, Request, TensorMeta
 from zps.server.members import ROLES, Membership
-from zps.store import DedupWindow, Store, Table
+from zps.store import DedupWindow, Store, Table, make_optimizer
 
 log = logging.getLogger("zps.server")
 
 Result = Reply | Coroutine[Any, Any, Reply]
+Payload = tuple[np.ndarray, float]  # a pushed update and its weight
 
 
 class ServerCore:
@@ -33,15 +38,23 @@ class ServerCore:
     def __init__(self, config: ServerConfig, server_id: str) -> None:
         self.config = config
         self.server_id = server_id
+        self.kind, staleness = parse_mode(config.mode)
+        self.rule = parse_rule(config.aggregate)
         self.store = Store(config.log_entries, config.log_bytes)
         self.dedup = DedupWindow()
         self.members = Membership()
-        self.rounds: BspRounds[np.ndarray] = BspRounds(config.workers)
-        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self.rounds: BspRounds[Payload] = BspRounds(
+            config.workers, config.quorum or None, "fold" if config.late == "fold" else "drop")
+        self.clocks = SspClocks(staleness)
+        self.rates = Rates(config.lr_rule, config.lr_scale)
+        # What each worker last read of each table: the round (sync) or version (others).
+        self._read: dict[tuple[str, str], int] = {}
+        self._round_opened: dict[str, float] = {}  # sync: when each open round got a push
+        self._waiters: dict[str, list[tuple[Callable[[], bool], asyncio.Future[None]]]] = {}
         self._lead_table: str | None = None
         self.counters: dict[str, int] = dict.fromkeys(
-            ("requests", "errors", "pushes", "duplicates", "pulls", "rounds", "heartbeats",
-             "dead", "bytes_in", "bytes_out"), 0
+            ("requests", "errors", "pushes", "duplicates", "dropped", "pulls", "rounds",
+             "timeouts", "heartbeats", "dead", "bytes_in", "bytes_out"), 0
         )
         self.handlers: dict[Op, Callable[[Request], Result]] = {
             Op.HELLO: self.hello,
@@ -56,7 +69,12 @@ class ServerCore:
 
     @property
     def sync(self) -> bool:
-        return self.config.mode == "sync"
+        return self.kind == "sync"
+
+    @property
+    def _rounds_may_skip(self) -> bool:
+        """Whether a sync round can close without some live worker (then pushes can be late)."""
+        return bool(self.config.quorum or self.config.round_timeout)
 
     def handle(self, request: Request) -> Result:
         """Dispatch ``request`` to its handler. Raises ``ProtocolError`` for bad requests."""
@@ -80,6 +98,7 @@ class ServerCore:
         _, new = self.members.add(request.client_id, role, time.monotonic())
         if role == "worker":
             self.rounds.join(request.client_id)
+            self.clocks.join(request.client_id)
         if new:
             workers = len(self.members.workers())
             log.info("%s %s joined (%d workers)", role, request.client_id, workers)
@@ -91,6 +110,9 @@ class ServerCore:
             "protocol": PROTOCOL_VERSION,
             "mode": self.config.mode,
             "workers": self.config.workers,
+            "quorum": self.config.quorum,
+            "aggregate": str(self.rule),
+            "lr_rule": self.config.lr_rule,
             "heartbeat_interval": self.config.heartbeat_interval,
             "liveness": self.config.liveness,
             "max_message_bytes": self.config.limits.max_message_bytes,
@@ -114,68 +136,98 @@ class ServerCore:
         log.info("%s %s %s (%d workers)", member.role, client_id, why, len(self.members.workers()))
         if member.role == "worker":
             self._apply_closed(self.rounds.leave(client_id))
+            self.clocks.leave(client_id)
+            self.rates.leave(client_id)
+            for key in list(self._waiters):
+                self._wake(key)
 
     def reap(self, now: float) -> None:
-        """Declare dead every member silent for heartbeat_interval x liveness."""
+        """Declare dead every member silent for heartbeat_interval x liveness; close rounds
+        open longer than the round timeout."""
         deadline = now - self.config.heartbeat_interval * self.config.liveness
         for member in self.members.silent_since(deadline):
             self.counters["dead"] += 1
             self.forget(member.client_id, "declared dead (no heartbeat)")
+        timeout = self.config.round_timeout
+        if timeout > 0:
+            for key, opened in list(self._round_opened.items()):
+                if now - opened >= timeout:
+                    self.counters["timeouts"] += 1
+                    self._apply_closed(self.rounds.close_now(key))
 
     # ------------------------------------------------------------ tables
 
     def init(self, request: Request) -> Reply:
         arrays = request.arrays()
+        optimizer_spec = request.options.get("optimizer")
+        make_optimizer(optimizer_spec)  # validate before anything is created
         fresh = [name for name in arrays if name not in self.store]
         for name, array in arrays.items():  # check everything before creating anything
             if name in self.store:
                 self._check_same(self.store.get(name), array, "init")
         for name in fresh:
-            self.store.create(name, arrays[name])
+            self.store.create(name, arrays[name], make_optimizer(optimizer_spec))
             self._lead_table = self._lead_table or name
-            log.info("table %s created: %s %s", name, arrays[name].dtype, arrays[name].shape)
+            log.info("table %s created: %s %s%s", name, arrays[name].dtype, arrays[name].shape,
+                     f" with server-side {optimizer_spec['name']}" if optimizer_spec else "")
         return self._tables_reply(request, [self.store.get(n) for n in arrays])
 
     def push(self, request: Request) -> Result:
         self._accept_push(request)
-        if not self.sync:
-            return self._reply(request, info={"seq": self.store.seq})
-        return self._reply(request)
+        return self._reply(request, info={"seq": self.store.seq})
 
     def pull(self, request: Request) -> Result:
         tables = [self.store.get(name) for name in request.names]
         self.counters["pulls"] += 1
-        return self._answer_after_rounds(request, tables)
+        return self._answer_when_readable(request, tables)
 
     def push_pull(self, request: Request) -> Result:
         self._accept_push(request)
         self.counters["pulls"] += 1
         tables = [self.store.get(m.name) for m in request.tensors]
-        return self._answer_after_rounds(request, tables)
+        return self._answer_when_readable(request, tables)
 
     def _accept_push(self, request: Request) -> None:
-        """Validate a push completely, then apply it (async) or add it to its round (sync)."""
+        """Validate a push completely, then apply it (async, SSP) or add it to its round."""
         arrays = request.arrays()
         for name, array in arrays.items():
             self._check_same(self.store.get(name), array, "push")
-        if self.sync and request.client_id not in self.rounds.members:
+        cid = request.client_id
+        if self.kind != "async" and cid not in self.rounds.members:
             raise ProtocolError(
                 "not_registered",
-                f"client {request.client_id} is not a registered worker of this sync job: "
+                f"client {cid} is not a registered worker of this {self.config.mode} job: "
                 "send hello with role 'worker' first (it may have been declared dead)",
             )
-        if self.dedup.seen(request.client_id, request.request_id):
+        loss = _number_option(request, "loss", None)
+        weight = _number_option(request, "weight", 1.0)
+        if self.dedup.seen(cid, request.request_id):
             self.counters["duplicates"] += 1
             return
-        self.dedup.record(request.client_id, request.request_id)
+        self.dedup.record(cid, request.request_id)
         self.counters["pushes"] += 1
         self.counters["bytes_in"] += sum(m.nbytes for m in request.tensors)
+        if self.sync:
+            for name, array in arrays.items():
+                self._push_to_round(name, cid, array, weight or 0.0)
+            return
+        self.rates.observe(cid, loss)
         for name, array in arrays.items():
-            if self.sync:
-                _, closed = self.rounds.push(name, request.client_id, array)
-                self._apply_closed(closed)
-            else:
-                self.store.apply(name, array, self.config.lr_scale)
+            table = self.store.get(name)
+            staleness = table.version - self._read.get((name, cid), table.version)
+            self.store.apply(name, array, self.rates.eta(cid, staleness))
+            if self.kind == "ssp":
+                self.clocks.tick(name, cid)
+                self._wake(name)
+
+    def _push_to_round(self, name: str, cid: str, array: np.ndarray, weight: float) -> None:
+        based_on = self._read.get((name, cid), 0) if self._rounds_may_skip else None
+        target, closed = self.rounds.push(name, cid, (array, weight), based_on)
+        if target == 0:
+            self.counters["dropped"] += 1
+        self._apply_closed(closed)
+        if self.rounds.open_count(name) and name not in self._round_opened:
+            self._round_opened[name] = time.monotonic()
 
     def _check_same(self, table: Table, array: np.ndarray, what: str) -> None:
         if table.data.shape != array.shape or table.data.dtype != array.dtype:
@@ -188,56 +240,72 @@ class ServerCore:
 
     # ------------------------------------------------------------ sync rounds
 
-    def _apply_closed(self, closed: list[ClosedRound[np.ndarray]]) -> None:
+    def _apply_closed(self, closed: list[ClosedRound[Payload]]) -> None:
         for done in closed:
-            self.store.apply(done.key, _mean(done.payloads))
+            updates = [p[0] for p in done.payloads]
+            weights = [p[1] for p in done.payloads]
+            self.store.apply(done.key, aggregate(self.rule, updates, weights))
             self.counters["rounds"] += 1
-            self._wake(done.key, done.round)
+            self._round_opened.pop(done.key, None)
+            if self.rounds.open_count(done.key):
+                self._round_opened[done.key] = time.monotonic()
+            self._wake(done.key)
+            if done.missing and done.key == self._lead_table:
+                log.info("round %d closed without %s", done.round, ", ".join(done.missing))
             if done.key == self._lead_table and done.round % self.config.log_every_rounds == 0:
                 log.info(
                     "round %d applied (seq %d, %d workers)",
                     done.round, self.store.seq, len(self.rounds.members),
                 )
 
-    def _answer_after_rounds(self, request: Request, tables: list[Table]) -> Result:
-        waits = [
-            (t.name, target)
-            for t in tables
-            if (target := self.rounds.last_round(t.name, request.client_id))
-            > self.rounds.closed(t.name)
-        ]
+    # ------------------------------------------------------------ answering reads
+
+    def _readable(self, key: str, cid: str) -> Callable[[], bool]:
+        """The condition under which ``cid`` may read table ``key`` now."""
+        if self.sync:
+            target = self.rounds.last_round(key, cid)
+            return lambda: self.rounds.closed(key) >= target
+        if self.kind == "ssp":
+            return lambda: cid not in self.clocks.members or self.clocks.may_read(key, cid)
+        return lambda: True
+
+    def _answer_when_readable(self, request: Request, tables: list[Table]) -> Result:
+        waits = [(t.name, ready) for t in tables
+                 if not (ready := self._readable(t.name, request.client_id))()]
         if not waits:
             return self._tables_reply(request, tables)
-        return self._reply_when_closed(request, tables, waits)
+        return self._reply_when_readable(request, tables, waits)
 
-    async def _reply_when_closed(
-        self, request: Request, tables: list[Table], waits: list[tuple[str, int]]
+    async def _reply_when_readable(
+        self, request: Request, tables: list[Table], waits: list[tuple[str, Callable[[], bool]]]
     ) -> Reply:
         loop = asyncio.get_running_loop()
-        for key, target in waits:
-            if self.rounds.closed(key) < target:
+        for key, ready in waits:
+            if not ready():
                 future: asyncio.Future[None] = loop.create_future()
-                self._waiters.setdefault(key, []).append((target, future))
+                self._waiters.setdefault(key, []).append((ready, future))
                 await future
         return self._tables_reply(request, tables)
 
-    def _wake(self, key: str, closed: int) -> None:
+    def _wake(self, key: str) -> None:
         waiting = self._waiters.get(key)
         if not waiting:
             return
         still = []
-        for target, future in waiting:
-            if target <= closed:
-                if not future.done():
-                    future.set_result(None)
+        for ready, future in waiting:
+            if future.done():
+                continue
+            if ready():
+                future.set_result(None)
             else:
-                still.append((target, future))
+                still.append((ready, future))
         self._waiters[key] = still
 
     # ------------------------------------------------------------ stats and replies
 
     def stats(self, request: Request) -> Reply:
         now = time.monotonic()
+        lead = self._lead_table or ""
         info = {
             **self._hello_info(),
             "seq": self.store.seq,
@@ -250,6 +318,7 @@ class ServerCore:
                     "version": t.version,
                     "rounds": self.rounds.closed(t.name),
                     "waiting_for": list(self.rounds.pending(t.name)) if self.sync else [],
+                    "optimizer": t.optimizer.spec() if t.optimizer else None,
                 }
                 for t in self.store
             ],
@@ -259,6 +328,10 @@ class ServerCore:
                     "role": m.role,
                     "age": round(now - m.joined_at, 3),
                     "silent": round(now - m.last_seen, 3),
+                    "clock": (self.rounds.last_round(lead, m.client_id) if self.sync
+                              else self.clocks.clock(lead, m.client_id)),
+                    "straggles": self.rounds.straggles[m.client_id],
+                    "dropped": self.rounds.dropped[m.client_id],
                 }
                 for m in self.members
             ],
@@ -271,6 +344,9 @@ class ServerCore:
     def _tables_reply(self, request: Request, tables: list[Table]) -> Reply:
         metas = tuple(TensorMeta.of(t.name, t.data) for t in tables)
         self.counters["bytes_out"] += sum(m.nbytes for m in metas)
+        for t in tables:  # what this worker now holds: its next push is based on it
+            self._read[(t.name, request.client_id)] = (
+                self.rounds.closed(t.name) if self.sync else t.version)
         versions = {t.name: t.version for t in tables}
         return Reply(
             request.request_id,
@@ -280,7 +356,7 @@ class ServerCore:
         )
 
     def cancel_waiters(self) -> None:
-        """Fail every pull still waiting for a round (the server is shutting down)."""
+        """Fail every pull still waiting (the server is shutting down)."""
         for waiting in self._waiters.values():
             for _, future in waiting:
                 if not future.done():
@@ -290,12 +366,10 @@ class ServerCore:
         self._waiters.clear()
 
 
-def _mean(payloads: tuple[np.ndarray, ...]) -> np.ndarray:
-    """``1/N * sum(payloads)``, with one temporary and in-place adds."""
-    if len(payloads) == 1:
-        return payloads[0]
-    total = np.array(payloads[0], copy=True)
-    for payload in payloads[1:]:
-        np.add(total, payload, out=total)
-    np.multiply(total, 1.0 / len(payloads), out=total)
-    return total
+def _number_option(request: Request, key: str, default: float | None) -> float | None:
+    value = request.options.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError("bad_header", f"option {key!r} must be a finite number")
+    return float(value)

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from zps.errors import ProtocolError
+from zps.store.optimizers import Optimizer
 
 
 class Reader(Protocol):
@@ -32,12 +33,13 @@ class Table:
     (copy-on-write), so a reply never carries a half-updated tensor.
     """
 
-    __slots__ = ("_readers", "data", "name", "version")
+    __slots__ = ("_readers", "data", "name", "optimizer", "version")
 
-    def __init__(self, name: str, data: np.ndarray) -> None:
+    def __init__(self, name: str, data: np.ndarray, optimizer: Optimizer | None = None) -> None:
         self.name = name
         self.data = data
         self.version = 0
+        self.optimizer = optimizer  # pushes are gradients and the server takes the step
         self._readers: list[Reader] = []
 
     def pin(self, reader: Reader) -> None:
@@ -101,15 +103,22 @@ class Store:
                 "(if the server restarted, its tables were lost)",
             ) from None
 
-    def create(self, name: str, initial: np.ndarray) -> Table:
+    def create(self, name: str, initial: np.ndarray, optimizer: Optimizer | None = None) -> Table:
         """Create table ``name`` holding a private copy of ``initial``."""
-        table = Table(name, np.array(initial, copy=True, order="C"))
+        table = Table(name, np.array(initial, copy=True, order="C"), optimizer)
         self._tables[name] = table
         return table
 
     def apply(self, name: str, update: np.ndarray, scale: float = 1.0) -> Change:
-        """Apply ``table += scale * update``, number it, log it and tell subscribers."""
+        """Apply ``table += scale * update``, number it, log it and tell subscribers.
+
+        For a table with a server-side optimizer, ``scale * update`` is a gradient and the
+        optimizer's step is what gets added (and logged).
+        """
         table = self.get(name)
+        if table.optimizer is not None:
+            grad = update if scale == 1.0 else np.multiply(update, scale, dtype=update.dtype)
+            update, scale = table.optimizer.direction(grad), 1.0
         table.apply(update, scale)
         self.seq += 1
         change = Change(self.seq, name, table.version, update, scale)

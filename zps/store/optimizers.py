@@ -1,0 +1,90 @@
+"""Server-side optimizers: pushes carry gradients and the server takes the step.
+
+Chosen per table at ``init`` (``optimizer={"name": "adam", "lr": 1e-3}``); the state
+(momentum, Adam's moments and step count) lives in the store beside the parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zps.errors import ProtocolError
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(slots=True)
+class Optimizer:
+    """SGD with momentum, or Adam, over one table. ``direction`` returns the update to add."""
+
+    name: str
+    lr: float
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    steps: int = 0
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        """The settings, as given at init (compared when another worker inits the table)."""
+        if self.name == "sgd":
+            return {"name": "sgd", "lr": self.lr, "momentum": self.momentum}
+        return {"name": "adam", "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2,
+                "eps": self.eps}
+
+    def direction(self, grad: np.ndarray) -> np.ndarray:
+        """The parameter change for gradient ``grad`` (a new array); advances the state."""
+        self.steps += 1
+        if self.name == "sgd":
+            if self.momentum == 0:
+                return np.multiply(grad, -self.lr, dtype=grad.dtype)
+            velocity = self.state.get("velocity")
+            if velocity is None:
+                velocity = self.state["velocity"] = np.zeros_like(grad)
+            velocity *= self.momentum
+            velocity += grad
+            return np.multiply(velocity, -self.lr, dtype=grad.dtype)
+        m = self.state.setdefault("m", np.zeros_like(grad))
+        v = self.state.setdefault("v", np.zeros_like(grad))
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        v *= self.beta2
+        v += (1 - self.beta2) * np.square(grad)
+        m_hat = m / (1 - self.beta1**self.steps)
+        v_hat = v / (1 - self.beta2**self.steps)
+        return (-self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(grad.dtype, copy=False)
+
+
+def make_optimizer(spec: Any) -> Optimizer | None:
+    """An ``Optimizer`` from an init option, ``None`` for none; ``ProtocolError`` if bad."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or spec.get("name") not in OPTIMIZERS:
+        raise ProtocolError("bad_header",
+                            f"optimizer must be a map with name one of {OPTIMIZERS}, got {spec!r}")
+    allowed = {"sgd": {"name", "lr", "momentum"},
+               "adam": {"name", "lr", "beta1", "beta2", "eps"}}[spec["name"]]
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ProtocolError("bad_header", f"unknown optimizer setting {sorted(unknown)[0]!r}")
+    values = {k: v for k, v in spec.items() if k != "name"}
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+        raise ProtocolError("bad_header", "optimizer settings must be numbers")
+    if not values.get("lr", 0) > 0:
+        raise ProtocolError("bad_header", "optimizer lr must be a number > 0")
+    for key in ("momentum", "beta1", "beta2"):
+        if key in values and not 0 <= values[key] < 1:
+            raise ProtocolError("bad_header", f"optimizer {key} must be in [0, 1)")
+    defaults = Optimizer(spec["name"], float(values["lr"]))
+    return Optimizer(
+        spec["name"],
+        defaults.lr,
+        momentum=float(values.get("momentum", defaults.momentum)),
+        beta1=float(values.get("beta1", defaults.beta1)),
+        beta2=float(values.get("beta2", defaults.beta2)),
+        eps=float(values.get("eps", defaults.eps)),
+    )
