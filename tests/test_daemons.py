@@ -61,7 +61,10 @@ def test_server_stops_cleanly_on_sigint(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["zps.cli.server_main", "--mode", "bsp"], {}, "invalid choice: 'bsp'"),
+        (["zps.cli.server_main", "--mode", "bsp"], {}, "use sync, async or ssp:K"),
+        (["zps.cli.server_main", "--aggregate", "avg"], {}, "use mean, weighted, median"),
+        (["zps.cli.server_main", "--quorum", "-1"], {}, "--quorum must be >= 0"),
+        (["zps.cli.worker_main", "--server-optimizer", "adam"], {}, "use sgd:LR"),
         (["zps.cli.server_main", "--bogus"], {}, "unrecognized arguments: --bogus"),
         (["zps.cli.server_main"], {"ZPS_WORKERS": "zero"}, "ZPS_WORKERS: invalid value"),
         (["zps.cli.server_main", "--bind", "localhost:5570"], {}, "must look like tcp://"),

@@ -114,3 +114,45 @@ def test_client_used_from_another_thread_after_creation(start_server) -> None:
     finally:
         ps.close()
     assert not any(th.name.startswith("zps-") for th in threading.enumerate())
+
+
+REJOINING_WORKER = """
+import sys, numpy as np, zps
+ps = zps.Client([sys.argv[1]], client_id="w-restart", heartbeat_interval=0.1)
+print(ps.init({"w": np.zeros(2)})["w"][0], flush=True)
+print(ps.push_pull({"w": np.full(2, 3.0)})["w"][0], flush=True)
+sys.stdin.read()
+"""
+
+
+def test_killed_worker_restarts_with_its_id_and_rejoins(start_server) -> None:
+    server = start_server(mode="sync", workers=2, heartbeat_interval=0.1, liveness=3)
+    with zps.Client([server.address], heartbeat_interval=0.1) as ps:
+        ps.init({"w": np.zeros(2)})
+
+        def start() -> subprocess.Popen[str]:
+            return subprocess.Popen([sys.executable, "-c", REJOINING_WORKER, server.address],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    env=python_env(), cwd=ROOT)
+
+        first = start()
+        try:
+            assert first.stdout is not None and first.stdout.readline().strip() == "0.0"
+            ps.push({"w": np.ones(2)})  # round 1: (1 + 3) / 2
+            assert first.stdout.readline().strip() == "2.0"
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            wait_for(lambda: server.run(lambda: server.server.core.counters["dead"]) == 1,
+                     what="the killed worker to be declared dead")
+            second = start()  # same worker id, new process: pulls the current parameters
+            try:
+                assert second.stdout is not None
+                assert second.stdout.readline().strip() == "2.0"
+                np.testing.assert_array_equal(ps.push_pull({"w": np.ones(2)})["w"], 4)
+                assert second.stdout.readline().strip() == "4.0"  # (1 + 3) / 2 more
+            finally:
+                second.kill()
+                second.wait()
+        finally:
+            first.kill()
+            first.wait()

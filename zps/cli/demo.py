@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zps-demo", description=__doc__)
     parser.add_argument("--servers", type=int, default=2, help="server processes")
     parser.add_argument("--workers", type=int, default=4, help="worker processes")
-    parser.add_argument("--mode", choices=("sync", "async"), default="sync")
+    parser.add_argument("--mode", default="sync", help="sync, async or ssp:K")
+    parser.add_argument("--server-args", default="",
+                        help="more zps-server flags, e.g. '--quorum 3 --aggregate median'")
+    parser.add_argument("--slow", type=float, default=0.0,
+                        help="make worker 0 a straggler: extra seconds per step")
     parser.add_argument("--job", default="digits-mlp")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--out", default="out/demo", help="folder for logs, results, plot")
@@ -68,13 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     with LocalCluster(out) as cluster:
         try:
             cluster.start_servers(args.servers, ["--mode", args.mode,
-                                                 "--workers", str(args.workers)])
+                                                 "--workers", str(args.workers),
+                                                 *args.server_args.split()])
         except ZpsError as exc:
             print(f"zps-demo: error: {exc}", file=sys.stderr)
             return 1
         print("servers listening on " + ", ".join(cluster.addresses), flush=True)
         for index in range(args.workers):
             extra = ["--quiet"] if args.quiet else []
+            if index == 0 and args.slow:
+                extra += ["--slow", str(args.slow)]
             cluster.start_worker([
                 "--job", args.job, "--worker-index", str(index),
                 "--num-workers", str(args.workers), "--epochs", str(args.epochs),

@@ -122,8 +122,10 @@ def _convert(opt: Option, raw: Any, source: str) -> Any:
     parse_fn = boolean if opt.parse is bool else opt.parse
     try:
         value = parse_fn(raw) if isinstance(raw, str) else parse_fn(str(raw))
-    except (TypeError, ValueError):
-        expected = _KINDS.get(parse_fn, "a valid value")
+    except (TypeError, ValueError) as exc:
+        expected = _KINDS.get(parse_fn)
+        if expected is None:  # a parser of its own: its message says what is expected
+            raise UsageError(f"{source}: {exc}") from None
         raise UsageError(f"{source}: invalid value {raw!r}, expected {expected}") from None
     if opt.choices and value not in opt.choices:
         raise UsageError(f"{source}: {value!r} is not one of {', '.join(opt.choices)}")

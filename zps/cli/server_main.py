@@ -20,19 +20,46 @@ from zps.cli.options import (
     positive_int,
     run_cli,
 )
-from zps.config import MODES, ServerConfig
+from zps.config import ServerConfig, parse_mode
+from zps.consistency.aggregate import parse_rule
+from zps.consistency.rates import RATE_RULES
 from zps.protocol import Limits
 from zps.runtime import run
 from zps.server import Server
 
+
+def mode_text(text: str) -> str:
+    parse_mode(text)
+    return text
+
+
+def aggregate_text(text: str) -> str:
+    parse_rule(text)
+    return text
+
+
 OPTIONS = (
     Option("bind", str, "tcp://127.0.0.1:5570",
            "ZeroMQ endpoint to bind, e.g. tcp://*:5570 (port 0 picks a free one)"),
-    Option("mode", str, "sync", "consistency: sync (rounds) or async (apply on arrival)",
-           choices=MODES),
+    Option("mode", mode_text, "sync",
+           "consistency: sync (rounds), async (apply on arrival) or ssp:K (bounded "
+           "staleness: no worker reads more than K clocks ahead of the slowest)"),
     Option("workers", positive_int, 1,
            "sync: the first round waits until this many workers have registered"),
-    Option("lr-scale", non_negative_float, 1.0, "async: theta += lr_scale * delta"),
+    Option("quorum", int, 0,
+           "sync: close a round once the first K workers pushed (backup workers; 0: all)"),
+    Option("late", str, "drop",
+           "sync with quorum or round timeout: a push for a closed round is dropped (and "
+           "counted) or folded into the next round", choices=("drop", "fold")),
+    Option("round-timeout", non_negative_float, 0.0,
+           "sync: close a round after this many seconds without the missing workers, who are "
+           "counted as stragglers (0: wait for them)"),
+    Option("aggregate", aggregate_text, "mean",
+           "sync: how a round combines updates: mean, weighted, median or trimmed:B"),
+    Option("lr-rule", str, "constant",
+           "async/ssp: per-worker rate eta_i: constant, staleness (lr_scale / staleness) or "
+           "loss (by each worker's loss decrease)", choices=RATE_RULES),
+    Option("lr-scale", non_negative_float, 1.0, "async/ssp: theta += eta_i * delta"),
     Option("heartbeat-interval", positive_float, 1.0, "seconds between client heartbeats"),
     Option("liveness", positive_int, 10,
            "heartbeat intervals of silence before a worker is declared dead"),
@@ -51,10 +78,17 @@ def load_config(
     values = parse("zps-server", "Run a zps parameter server.", OPTIONS, argv, environ)
     if not str(values["bind"]).startswith(("tcp://", "ipc://", "inproc://")):
         raise UsageError(f"--bind {values['bind']!r} must look like tcp://HOST:PORT")
+    if values["quorum"] < 0:
+        raise UsageError("--quorum must be >= 0 (0 waits for every live worker)")
     config = ServerConfig(
         bind=values["bind"],
         mode=values["mode"],
         workers=values["workers"],
+        quorum=values["quorum"],
+        late=values["late"],
+        round_timeout=values["round_timeout"],
+        aggregate=values["aggregate"],
+        lr_rule=values["lr_rule"],
         lr_scale=values["lr_scale"],
         heartbeat_interval=values["heartbeat_interval"],
         liveness=values["liveness"],

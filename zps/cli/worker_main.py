@@ -25,6 +25,28 @@ from zps.config import ClientConfig
 from zps.errors import ConfigError, ZpsError
 from zps.jobs import JobContext, resolve_job
 
+
+def parse_optimizer(text: str) -> dict[str, Any] | None:
+    """``sgd:LR[:MOMENTUM]`` or ``adam:LR`` -> an optimizer spec for ``init``."""
+    if not text:
+        return None
+    name, *numbers = text.split(":")
+    try:
+        values = [float(n) for n in numbers]
+    except ValueError:
+        values = []
+    if name == "sgd" and 1 <= len(values) <= 2:
+        return {"name": "sgd", "lr": values[0], "momentum": values[1] if len(values) > 1 else 0}
+    if name == "adam" and len(values) == 1:
+        return {"name": "adam", "lr": values[0]}
+    raise ValueError(f"optimizer {text!r}: use sgd:LR[:MOMENTUM] or adam:LR")
+
+
+def optimizer_text(text: str) -> str:
+    parse_optimizer(text)
+    return text
+
+
 OPTIONS = (
     Option("servers", str, "tcp://127.0.0.1:5570",
            "comma-separated server endpoints, the same list and order on every worker"),
@@ -36,6 +58,12 @@ OPTIONS = (
     Option("batch-size", positive_int, 32, "examples per step"),
     Option("lr", positive_float, 0.5, "learning rate of the built-in jobs"),
     Option("seed", int, 0, "seed for data split and initial parameters (same on all workers)"),
+    Option("slow", non_negative_float, 0.0,
+           "extra seconds per step, to play a straggler in demos and benchmarks"),
+    Option("server-optimizer", optimizer_text, "",
+           "push gradients and let the server step: sgd:LR[:MOMENTUM] or adam:LR "
+           "(default: push -lr * gradient)"),
+    Option("eval-every", int, 0, "record the test accuracy every N steps (0: only at the end)"),
     Option("timeout", positive_float, 30.0, "seconds before a request is retried"),
     Option("retries", int, 2, "retries of a timed-out request"),
     Option("connect-timeout", positive_float, 10.0, "seconds to wait for each server's hello"),
@@ -70,6 +98,9 @@ def load_config(
         client_id=v["client_id"] or None,
     )
     ctx = JobContext(
+        slow=v["slow"],
+        server_optimizer=parse_optimizer(v["server_optimizer"]),
+        eval_every=max(0, v["eval_every"]),
         worker_index=v["worker_index"],
         num_workers=v["num_workers"],
         epochs=v["epochs"],

@@ -102,15 +102,19 @@ class AsyncClient(SessionProperties):
 
     # ------------------------------------------------------------ public API
 
-    async def init(self, tensors: Mapping[str, Any]) -> Arrays:
+    async def init(self, tensors: Mapping[str, Any],
+                   optimizer: Mapping[str, Any] | None = None) -> Arrays:
         """Create tables from initial values (the first init wins) and return current values.
 
         Every worker may call it with the same names and shapes; a later call returns what
         the servers hold now. Raises ``ShapeMismatchError`` if a table exists with another
-        shape or dtype.
+        shape or dtype. With ``optimizer`` (``{"name": "sgd", "lr": 0.1, "momentum": 0.9}``
+        or ``{"name": "adam", "lr": 1e-3}``) the new tables take gradients and the server
+        runs that optimizer on them.
         """
         layout, arrays = self._session.plan_init(tensors)
-        current = await self._call(Op.INIT, layout, list(arrays), arrays)
+        current = await self._call(Op.INIT, layout, list(arrays), arrays,
+                                   Session.init_options(optimizer))
         self._session.layout = layout  # only once the servers hold every table
         return current
 
@@ -123,15 +127,23 @@ class AsyncClient(SessionProperties):
         wanted = self._session.wanted(names)
         return await self._call(Op.PULL, self._session.need_layout(), wanted)
 
-    async def push(self, deltas: Mapping[str, Any]) -> None:
-        """Send updates (deltas) for the named tables; the servers combine and apply them."""
-        arrays = self._session.deltas(deltas)
-        await self._call(Op.PUSH, self._session.need_layout(), list(arrays), arrays)
+    async def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+                   weight: float | None = None) -> None:
+        """Send updates (deltas) for the named tables; the servers combine and apply them.
 
-    async def push_pull(self, deltas: Mapping[str, Any]) -> Arrays:
+        ``loss`` (this worker's training loss) feeds the ``loss`` rate rule; ``weight``
+        (e.g. the batch size) the ``weighted`` aggregation rule.
+        """
+        arrays = self._session.deltas(deltas)
+        await self._call(Op.PUSH, self._session.need_layout(), list(arrays), arrays,
+                         Session.push_options(loss, weight))
+
+    async def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+                        weight: float | None = None) -> Arrays:
         """Push deltas and return the named tables' values after they were applied."""
         arrays = self._session.deltas(deltas)
-        return await self._call(Op.PUSH_PULL, self._session.need_layout(), list(arrays), arrays)
+        return await self._call(Op.PUSH_PULL, self._session.need_layout(), list(arrays), arrays,
+                                Session.push_options(loss, weight))
 
     async def stats(self) -> list[dict[str, Any]]:
         """Each server's ``stats``: mode, sequence number, tables, members and counters."""
@@ -145,9 +157,10 @@ class AsyncClient(SessionProperties):
     # ------------------------------------------------------------ internals
 
     async def _call(self, op: Op, layout: Layout, names: list[str],
-                    arrays: Mapping[str, np.ndarray] | None = None) -> Arrays:
+                    arrays: Mapping[str, np.ndarray] | None = None,
+                    options: dict[str, Any] | None = None) -> Arrays:
         """Send a call's messages concurrently and gather the returned values."""
-        messages = self._session.messages(op, layout, names, arrays)
+        messages = self._session.messages(op, layout, names, arrays, options)
         out = {} if op == Op.PUSH else self._session.outputs(layout, names)
         if len(messages) == 1:  # the common case: no task to schedule
             await self._send(messages[0], out)
@@ -162,7 +175,7 @@ class AsyncClient(SessionProperties):
         async with self._limit:
             reply = await conn.request(
                 message.op, tensors=message.tensors, buffers=message.buffers,
-                names=message.names, timeout=self.config.timeout,
+                names=message.names, options=message.options, timeout=self.config.timeout,
                 attempts=1 + self.config.retries,
             )
         if message.op != Op.PUSH:

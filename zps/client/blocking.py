@@ -108,10 +108,12 @@ class Client(SessionProperties):
 
     # ------------------------------------------------------------ public API
 
-    def init(self, tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def init(self, tensors: Mapping[str, Any],
+             optimizer: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """See ``AsyncClient.init``."""
         layout, arrays = self._session.plan_init(tensors)
-        current = self._call(Op.INIT, layout, list(arrays), arrays)
+        current = self._call(Op.INIT, layout, list(arrays), arrays,
+                             Session.init_options(optimizer))
         self._session.layout = layout
         return current
 
@@ -120,15 +122,19 @@ class Client(SessionProperties):
         wanted = self._session.wanted(names)
         return self._call(Op.PULL, self._session.need_layout(), wanted)
 
-    def push(self, deltas: Mapping[str, Any]) -> None:
+    def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+             weight: float | None = None) -> None:
         """See ``AsyncClient.push``."""
         arrays = self._session.deltas(deltas)
-        self._call(Op.PUSH, self._session.need_layout(), list(arrays), arrays)
+        self._call(Op.PUSH, self._session.need_layout(), list(arrays), arrays,
+                   Session.push_options(loss, weight))
 
-    def push_pull(self, deltas: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+                  weight: float | None = None) -> dict[str, np.ndarray]:
         """See ``AsyncClient.push_pull``."""
         arrays = self._session.deltas(deltas)
-        return self._call(Op.PUSH_PULL, self._session.need_layout(), list(arrays), arrays)
+        return self._call(Op.PUSH_PULL, self._session.need_layout(), list(arrays), arrays,
+                          Session.push_options(loss, weight))
 
     def stats(self) -> list[dict[str, Any]]:
         """See ``AsyncClient.stats``."""
@@ -166,8 +172,9 @@ class Client(SessionProperties):
         return [Message(i, op, ()) for i in range(len(self._servers))]
 
     def _call(self, op: Op, layout: Layout, names: list[str],
-              arrays: Mapping[str, np.ndarray] | None = None) -> Arrays:
-        messages = self._session.messages(op, layout, names, arrays)
+              arrays: Mapping[str, np.ndarray] | None = None,
+              options: dict[str, Any] | None = None) -> Arrays:
+        messages = self._session.messages(op, layout, names, arrays, options)
         replies = self._exchange(messages, self.config.timeout, 1 + self.config.retries)
         if op == Op.PUSH:
             return {}

@@ -133,9 +133,10 @@ class Session:
     # ------------------------------------------------------------ messages
 
     def messages(self, op: Op, layout: Layout, names: Sequence[str],
-                 arrays: Mapping[str, np.ndarray] | None = None) -> list[Message]:
+                 arrays: Mapping[str, np.ndarray] | None = None,
+                 options: dict[str, Any] | None = None) -> list[Message]:
         """One message per server and chunk: parts batched up to ``chunk_bytes``."""
-        messages = [self._message(op, group, arrays)
+        messages = [self._message(op, group, arrays, options or {})
                     for group in self._group(list(layout.parts_of(list(names))))]
         for message in messages:
             self._check_size(message)
@@ -170,13 +171,31 @@ class Session:
         return groups
 
     @staticmethod
-    def _message(op: Op, parts: list[Part], arrays: Mapping[str, np.ndarray] | None) -> Message:
+    def _message(op: Op, parts: list[Part], arrays: Mapping[str, np.ndarray] | None,
+                 options: dict[str, Any]) -> Message:
         if arrays is None:
-            return Message(parts[0].server, op, tuple(parts), names=tuple(p.key for p in parts))
+            return Message(parts[0].server, op, tuple(parts), names=tuple(p.key for p in parts),
+                           options=options)
         pieces = [arrays[p.table] if p.whole else arrays[p.table][p.start:p.stop] for p in parts]
         return Message(parts[0].server, op, tuple(parts),
                        tuple(TensorMeta.of(p.key, a) for p, a in zip(parts, pieces, strict=True)),
-                       tuple(pieces))
+                       tuple(pieces), options=options)
+
+    @staticmethod
+    def push_options(loss: float | None, weight: float | None) -> dict[str, Any]:
+        """Options a push carries: the worker's loss (rate rule ``loss``), its weight
+        (aggregation ``weighted``, e.g. the batch size)."""
+        options: dict[str, Any] = {}
+        if loss is not None:
+            options["loss"] = float(loss)
+        if weight is not None:
+            options["weight"] = float(weight)
+        return options
+
+    @staticmethod
+    def init_options(optimizer: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Options an init carries: a server-side optimizer for the new tables."""
+        return {"optimizer": dict(optimizer)} if optimizer else {}
 
     @staticmethod
     def outputs(layout: Layout, names: Iterable[str]) -> Arrays:

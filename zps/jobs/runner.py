@@ -33,6 +33,9 @@ class JobContext:
     lr: float = 0.5
     seed: int = 0
     progress: bool = True
+    slow: float = 0.0  # extra seconds per step (a simulated straggler)
+    server_optimizer: dict[str, Any] | None = None  # push gradients, the server steps
+    eval_every: int = 0  # record test accuracy every N steps
 
 
 Job = Callable[[Any, JobContext], dict[str, Any]]
@@ -42,16 +45,22 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
     """Minibatch SGD on this worker's shard of digits; every step is one push_pull.
 
     Each worker runs the same number of steps per epoch (set by the largest shard), so in
-    sync mode every round hears from every worker. Returns losses and test accuracy.
+    sync mode every round hears from every worker. Each push carries the batch's loss and
+    size (for the ``loss`` rate rule and the ``weighted`` aggregation). With a server-side
+    optimizer the worker pushes raw gradients; otherwise ``-lr * gradient``. Returns the
+    losses, a timeline of test accuracy (with ``eval_every``) and the final accuracy.
     """
     xp = np
     data = load_digits(seed=ctx.seed)
     x, y = data.shard(ctx.worker_index, ctx.num_workers)
     per_worker = math.ceil(len(data.x_train) / ctx.num_workers)
     steps_per_epoch = math.ceil(per_worker / ctx.batch_size)
-    params = ps.init(model.init(x.shape[1], data.classes, ctx.seed))
+    initial = model.init(x.shape[1], data.classes, ctx.seed)
+    params = ps.init(initial, optimizer=ctx.server_optimizer)
+    scale = 1.0 if ctx.server_optimizer else -ctx.lr
     rng = np.random.default_rng(ctx.seed + 1 + ctx.worker_index)
     losses: list[float] = []
+    timeline: list[dict[str, float]] = []
     total = ctx.epochs * steps_per_epoch
     start = time.perf_counter()
     with tqdm(total=total, desc=f"worker {ctx.worker_index}", position=ctx.worker_index,
@@ -61,9 +70,17 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
             for step in range(steps_per_epoch):
                 idx = order[(np.arange(ctx.batch_size) + step * ctx.batch_size) % len(x)]
                 loss, grads = model.loss_grad(xp, params, x[idx], y[idx])
-                params = ps.push_pull({k: -ctx.lr * g for k, g in grads.items()})
+                if ctx.slow:
+                    time.sleep(ctx.slow)
+                params = ps.push_pull({k: scale * g for k, g in grads.items()},
+                                      loss=loss, weight=len(idx))
                 losses.append(loss)
                 bar.update(1)
+                if ctx.eval_every and len(losses) % ctx.eval_every == 0:
+                    timeline.append({
+                        "seconds": time.perf_counter() - start, "step": len(losses),
+                        "test_accuracy": accuracy(xp, model, params, data.x_test, data.y_test),
+                    })
                 if len(losses) % 10 == 0:
                     rate = len(losses) * ctx.batch_size / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}",
@@ -74,6 +91,7 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
         "worker": ctx.worker_index,
         "steps": len(losses),
         "losses": losses,
+        "timeline": timeline,
         "seconds": seconds,
         "samples_per_s": len(losses) * ctx.batch_size / seconds,
         "test_accuracy": accuracy(xp, model, params, data.x_test, data.y_test),

@@ -221,7 +221,10 @@ class ServerCore:
                 self._wake(name)
 
     def _push_to_round(self, name: str, cid: str, array: np.ndarray, weight: float) -> None:
-        based_on = self._read.get((name, cid), 0) if self._rounds_may_skip else None
+        # An update is based on the newest round its worker knows of: the last one it read,
+        # or the one its own previous push went into.
+        based_on = (max(self._read.get((name, cid), 0), self.rounds.last_round(name, cid))
+                    if self._rounds_may_skip else None)
         target, closed = self.rounds.push(name, cid, (array, weight), based_on)
         if target == 0:
             self.counters["dropped"] += 1
