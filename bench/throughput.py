@@ -16,6 +16,7 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -149,8 +150,14 @@ def main() -> int:
     parser.add_argument("--servers", default="1,2")
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--quick", action="store_true", help="1 worker, 1 server")
+    parser.add_argument("--targets", action="store_true",
+                        help="only the cells with targets (1 worker, 1 server), each measured "
+                             "--repeat times alternating with its raw ceiling; medians")
+    parser.add_argument("--repeat", type=int, default=5, help="with --targets")
     parser.add_argument("--out", default="bench/results/throughput.json")
     args = parser.parse_args()
+    if args.targets:
+        return run_targets(args)
     sizes = [s for s in args.sizes.split(",") if s]
     worker_counts = [1] if args.quick else [int(w) for w in args.workers.split(",")]
     server_counts = [1] if args.quick else [int(s) for s in args.servers.split(",")]
@@ -191,6 +198,39 @@ def main() -> int:
         "seconds_per_cell": args.seconds, "rows": rows,
     }, indent=1))
     print(f"\nwrote {args.out}")
+    return 0
+
+
+# (op, size, target ratio to the raw echo) from the issue that set them.
+TARGETS = (("push", "4KiB", 0.6), ("push_pull", "16MiB", 0.9), ("push_pull", "64MiB", 1.5))
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    """Each target cell ``--repeat`` times, alternating with its raw ceiling; medians."""
+    rows = []
+    out_dir = Path(args.out).parent
+    with LocalCluster(out_dir / "cluster-targets") as cluster:
+        cluster.start_servers(1, ["--mode", "async", "--log-level", "warning"])
+        for op, label, target in TARGETS:
+            size = SIZES[label]
+            zps_rates, raw_rates = [], []
+            for _ in range(args.repeat):
+                raw_rates.append(raw_echo(size, 1, args.seconds))
+                zps_rates.append(zps_rate(cluster.addresses, op, size, 1, args.seconds))
+            ratios = sorted(z / r for z, r in zip(zps_rates, raw_rates, strict=True))
+            row = {"op": op, "size": label, "target": target,
+                   "zps_ops_per_s": statistics.median(zps_rates),
+                   "raw_rt_per_s": statistics.median(raw_rates),
+                   "ratio_median": statistics.median(ratios),
+                   "ratio_min": ratios[0], "ratio_max": ratios[-1], "repeat": args.repeat}
+            rows.append(row)
+            print(f"{op:>9} {label:>6}: zps {row['zps_ops_per_s']:8.1f} ops/s, raw "
+                  f"{row['raw_rt_per_s']:8.1f} rt/s, x raw median {row['ratio_median']:.2f} "
+                  f"(min {row['ratio_min']:.2f}, max {row['ratio_max']:.2f}; target "
+                  f"{target})", flush=True)
+    path = out_dir / "throughput-targets.json"
+    path.write_text(json.dumps({"seconds_per_cell": args.seconds, "rows": rows}, indent=1))
+    print(f"\nwrote {path}")
     return 0
 
 

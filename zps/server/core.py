@@ -319,6 +319,7 @@ class ServerCore:
                     "dtype": t.data.dtype.name,
                     "shape": list(t.data.shape),
                     "version": t.version,
+                    "copies": t.copies,
                     "rounds": self.rounds.closed(t.name),
                     "waiting_for": list(self.rounds.pending(t.name)) if self.sync else [],
                     "optimizer": t.optimizer.spec() if t.optimizer else None,

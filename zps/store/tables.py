@@ -33,13 +33,14 @@ class Table:
     (copy-on-write), so a reply never carries a half-updated tensor.
     """
 
-    __slots__ = ("_readers", "data", "name", "optimizer", "version")
+    __slots__ = ("_readers", "copies", "data", "name", "optimizer", "version")
 
     def __init__(self, name: str, data: np.ndarray, optimizer: Optimizer | None = None) -> None:
         self.name = name
         self.data = data
         self.version = 0
         self.optimizer = optimizer  # pushes are gradients and the server takes the step
+        self.copies = 0  # updates that had to copy because a send still read the buffer
         self._readers: list[Reader] = []
 
     def pin(self, reader: Reader) -> None:
@@ -54,6 +55,7 @@ class Table:
         if scale != 1.0:
             update = np.multiply(update, scale, dtype=self.data.dtype)
         if busy:
+            self.copies += 1
             self.data = np.add(self.data, update, dtype=self.data.dtype)
         else:
             np.add(self.data, update, out=self.data)
