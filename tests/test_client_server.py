@@ -312,3 +312,43 @@ def test_shutdown_answers_waiting_pulls(start_server) -> None:
         assert isinstance(errors[0], zps.RejectedError) and "shutting down" in str(errors[0])
     finally:
         ps.close()
+
+
+def test_reply_arrays_that_disagree_with_their_header_are_not_used() -> None:
+    """A reply whose array frame does not match its header is dropped; the resend works."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    value = np.arange(4, dtype=np.float32)
+    meta = [["w", "float32", [4], 16]]
+
+    def fake_server() -> None:
+        bad_sent = False
+        while True:
+            peer, raw = router.recv_multipart()[:2]
+            head = msgpack.unpackb(raw)
+            reply = {"v": 1, "r": head["r"], "i": {"sid": "fake"}}
+            if head["op"] == "hello":
+                router.send_multipart([peer, msgpack.packb(reply)])
+            elif head["op"] in ("init", "pull"):
+                reply["t"] = meta
+                if head["op"] == "pull" and not bad_sent:
+                    bad_sent = True
+                    router.send_multipart([peer, msgpack.packb(reply), b"\0" * 8])  # short
+                else:
+                    router.send_multipart([peer, msgpack.packb(reply), value.tobytes()])
+            elif head["op"] == "bye":
+                router.send_multipart([peer, msgpack.packb(reply)])
+                return
+
+    thread = threading.Thread(target=fake_server, daemon=True)
+    thread.start()
+    try:
+        with zps.Client([f"tcp://127.0.0.1:{port}"], timeout=0.3, retries=3,
+                        heartbeat_interval=0) as ps:
+            ps.init({"w": np.zeros(4, np.float32)})
+            np.testing.assert_array_equal(ps.pull()["w"], value)
+        thread.join(timeout=10)
+    finally:
+        router.close(linger=0)

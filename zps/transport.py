@@ -69,6 +69,28 @@ def readable(sock: zmq.Socket) -> bool:
     return bool(_get(sock, _EVENTS) & _POLLIN)
 
 
+def recv_frame(sock: zmq.Socket) -> zmq.Frame:
+    """Receive one frame of the current message, zero-copy (``zmq.Again`` if none)."""
+    return _recv(sock, _NOBLOCK, False, False)
+
+
+def recv_frame_into(sock: zmq.Socket, buffer: Any) -> int:
+    """Receive the next frame straight into ``buffer`` (contiguous, writable); returns the
+    frame's size, which differs from ``buffer``'s when the frame did not fit exactly."""
+    return int(sock.recv_into(buffer, flags=_NOBLOCK))
+
+
+def more_frames(sock: zmq.Socket) -> bool:
+    """True if the message being received has more frames."""
+    return bool(_get(sock, _RCVMORE))
+
+
+def discard_rest(sock: zmq.Socket) -> None:
+    """Receive and drop what is left of the current message."""
+    while more_frames(sock):
+        _recv(sock, _NOBLOCK, True, False)
+
+
 def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
     """Receive one multipart message as zero-copy frames; ``zmq.Again`` if none is queued."""
     frames = [_recv(sock, _NOBLOCK, False, False)]

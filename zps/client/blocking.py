@@ -35,8 +35,16 @@ from zps.client.session import (
 )
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ProtocolError, ServerUnreachable, ZpsError
-from zps.protocol import Op, Reply, Request, decode_reply, encode_request
-from zps.transport import connect, readable, recv_frames, send_frames
+from zps.protocol import Op, Reply, Request, decode_reply_header, encode_request
+from zps.transport import (
+    connect,
+    discard_rest,
+    more_frames,
+    readable,
+    recv_frame,
+    recv_frame_into,
+    send_frames,
+)
 
 log = logging.getLogger("zps.client")
 
@@ -55,6 +63,7 @@ class _InFlight:
     frames: list[Any]
     deadline: float
     attempts_left: int
+    sinks: tuple[np.ndarray, ...] = ()  # where the reply's arrays go, part by part
 
 
 class Client(SessionProperties):
@@ -175,16 +184,17 @@ class Client(SessionProperties):
               arrays: Mapping[str, np.ndarray] | None = None,
               options: dict[str, Any] | None = None) -> Arrays:
         messages = self._session.messages(op, layout, names, arrays, options)
-        replies = self._exchange(messages, self.config.timeout, 1 + self.config.retries)
-        if op == Op.PUSH:
-            return {}
-        out = self._session.outputs(layout, names)
-        for message, reply in zip(messages, replies, strict=True):
-            Session.scatter(reply, message, out)
+        out = {} if op == Op.PUSH else self._session.outputs(layout, names)
+        self._exchange(messages, self.config.timeout, 1 + self.config.retries, out)
         return out
 
-    def _exchange(self, messages: list[Message], timeout: float, attempts: int) -> list[Reply]:
-        """Send ``messages`` (at most ``max_inflight`` at once) and return their replies."""
+    def _exchange(self, messages: list[Message], timeout: float, attempts: int,
+                  out: Arrays | None = None) -> list[Reply]:
+        """Send ``messages`` (at most ``max_inflight`` at once) and return their replies.
+
+        With ``out``, the arrays each reply carries are received straight into their
+        places in ``out`` (no copy through an intermediate frame).
+        """
         if self._closed:
             raise ClosedError("this zps.Client is closed")
         queue = deque(enumerate(messages))
@@ -195,7 +205,8 @@ class Client(SessionProperties):
                 index, message = queue.popleft()
                 rid = next(self._ids)
                 frames = encode_request(message.request(self.client_id, rid))
-                inflight[rid] = _InFlight(index, message, frames, 0.0, attempts)
+                sinks = Session.sinks(message, out) if out else ()
+                inflight[rid] = _InFlight(index, message, frames, 0.0, attempts, sinks)
                 self._transmit(inflight[rid], timeout)
             self._wait(inflight, replies, timeout, attempts)
         return [r for r in replies if r is not None]
@@ -225,19 +236,54 @@ class Client(SessionProperties):
     def _receive(self, sock: zmq.Socket, inflight: dict[int, _InFlight],
                  replies: list[Reply | None]) -> None:
         while readable(sock):
-            frames = recv_frames(sock)
             try:
-                reply = decode_reply(frames)
+                reply = decode_reply_header(recv_frame(sock))
             except ProtocolError as exc:
+                discard_rest(sock)
                 log.warning("dropped a malformed reply: %s", exc)
                 continue
-            entry = inflight.pop(reply.request_id, None) if reply.request_id is not None \
-                else None
+            entry = inflight.get(reply.request_id) if reply.request_id is not None else None
+            buffers = _read_buffers(sock, reply, entry.sinks if entry else ())
             if entry is None:
                 continue  # a late answer to an attempt already answered or abandoned
+            if buffers is None:
+                log.warning("dropped a reply whose arrays do not match its header")
+                continue  # the request times out and is sent again
+            del inflight[reply.request_id]  # type: ignore[arg-type]
             server = self._servers[entry.message.server]
-            replies[entry.index] = check_reply(reply, entry.message.op, server.server_id,
-                                               server.address)
+            replies[entry.index] = check_reply(
+                Reply(reply.request_id, reply.tensors, reply.info, reply.error, buffers),
+                entry.message.op, server.server_id, server.address)
+
+
+def _read_buffers(sock: zmq.Socket, reply: Reply,
+                  sinks: tuple[np.ndarray, ...]) -> tuple[Any, ...] | None:
+    """The array frames after a reply header: into ``sinks`` when they match the header
+    exactly, else as frames. None (all frames consumed) if they disagree with the header."""
+    metas = reply.tensors
+    use_sinks = len(sinks) == len(metas) and all(
+        m.dtype == s.dtype.name and m.shape == s.shape for m, s in zip(metas, sinks, strict=True))
+    got: list[Any] = []
+    for i, meta in enumerate(metas):
+        if not more_frames(sock):
+            return None
+        if use_sinks:
+            if recv_frame_into(sock, sinks[i]) != meta.nbytes:
+                discard_rest(sock)
+                return None
+            got.append(sinks[i])
+        else:
+            frame = recv_frame(sock)
+            if len(frame) != meta.nbytes:
+                discard_rest(sock)
+                return None
+            got.append(frame)
+    if more_frames(sock):
+        discard_rest(sock)
+        return None
+    if sinks and not use_sinks and reply.error is None:
+        return None  # a successful reply carrying other arrays than asked for
+    return tuple(got)
 
 
 class _Heartbeats:

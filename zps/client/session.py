@@ -203,6 +203,12 @@ class Session:
         return {n: np.empty(layout.specs[n].shape, layout.specs[n].dtype) for n in names}
 
     @staticmethod
+    def sinks(message: Message, out: Arrays) -> tuple[np.ndarray, ...]:
+        """Where each part of ``message``'s reply belongs in ``out`` (contiguous views)."""
+        return tuple(out[p.table] if p.whole else out[p.table][p.start:p.stop]
+                     for p in message.parts)
+
+    @staticmethod
     def scatter(reply: Reply, message: Message, out: Arrays) -> None:
         """Copy each part a reply carries into its place in the output arrays."""
         got = reply.arrays()

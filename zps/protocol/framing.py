@@ -254,7 +254,15 @@ def decode_reply(frames: Sequence[Any]) -> Reply:
     """Build the ``Reply`` in ``frames`` (client side). Raises ``ProtocolError`` if malformed."""
     if not frames:
         raise ProtocolError("bad_frames", "empty reply")
-    header = _unpack_header(frames[0], DEFAULT_LIMITS)
+    reply = decode_reply_header(frames[0])
+    _check_buffers(reply.tensors, frames[1:])
+    return Reply(reply.request_id, reply.tensors, reply.info, reply.error, tuple(frames[1:]))
+
+
+def decode_reply_header(frame: Any) -> Reply:
+    """The ``Reply`` a header frame announces, without its buffers (for a receiver that
+    reads the array frames straight into its own arrays). Raises ``ProtocolError``."""
+    header = _unpack_header(frame, DEFAULT_LIMITS)
     if header.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("bad_version", f"reply speaks protocol {header.get('v')!r}")
     request_id = header.get("r")
@@ -262,7 +270,6 @@ def decode_reply(frames: Sequence[Any]) -> Reply:
         raise ProtocolError("bad_header", "reply request id 'r' must be an integer or nil")
     error = header.get("e")
     tensors = _field_tensors(header, DEFAULT_LIMITS)
-    _check_buffers(tensors, frames[1:])
     info = header.get("i", {})
     if not isinstance(info, dict):
         raise ProtocolError("bad_header", "reply info 'i' must be a map")
@@ -271,7 +278,7 @@ def decode_reply(frames: Sequence[Any]) -> Reply:
                 and all(isinstance(part, str) for part in error)):
             raise ProtocolError("bad_header", "error 'e' must be [code, message]")
         error = (error[0], error[1])
-    return Reply(request_id, tensors, info, error, tuple(frames[1:]))
+    return Reply(request_id, tensors, info, error)
 
 
 def _is_int(value: Any) -> bool:
