@@ -144,3 +144,27 @@ def test_user_job_runs_from_module_function(tmp_path: Path) -> None:
                          env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert result.returncode == 0, result.stderr
     assert json.loads(metrics.read_text()) == {"w": [1.0, 1.0, 1.0]}
+
+
+def test_training_finishes_when_a_worker_is_killed_mid_round(tmp_path: Path) -> None:
+    from .conftest import wait_for
+
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(1, ["--mode", "sync", "--workers", "3", "--log-every", "20",
+                                  "--heartbeat-interval", "0.1", "--liveness", "5"])
+        workers = [
+            cluster.start_worker([
+                "--num-workers", "3", "--worker-index", str(i), "--epochs", "60", "--quiet",
+                "--heartbeat-interval", "0.1", "--metrics-out", str(tmp_path / f"w{i}.json"),
+            ])
+            for i in range(3)
+        ]
+        log = tmp_path / "server0.log"
+        wait_for(lambda: "round 40 applied" in log.read_text(), timeout=60,
+                 what="training to be under way")
+        workers[2].send_signal(signal.SIGKILL)
+        codes = cluster.wait_workers(timeout=120)
+    assert codes[:2] == [0, 0] and codes[2] == -signal.SIGKILL
+    assert "declared dead" in log.read_text()
+    for i in range(2):
+        assert json.loads((tmp_path / f"w{i}.json").read_text())["test_accuracy"] >= 0.95
