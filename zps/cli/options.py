@@ -60,6 +60,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def checked(parse_fn: Callable[[str], Any]) -> Callable[[str], str]:
+    """A value parser that keeps the text but refuses what ``parse_fn`` refuses."""
+
+    def check(text: str) -> str:
+        parse_fn(text)
+        return text
+
+    return check
+
+
 def boolean(text: str) -> bool:
     lowered = str(text).strip().lower()
     if lowered in ("1", "true", "yes", "on"):

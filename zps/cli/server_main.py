@@ -14,6 +14,7 @@ import zmq
 from zps.cli.options import (
     Option,
     UsageError,
+    checked,
     non_negative_float,
     parse,
     positive_float,
@@ -27,21 +28,10 @@ from zps.protocol import Limits
 from zps.runtime import run
 from zps.server import Server
 
-
-def mode_text(text: str) -> str:
-    parse_mode(text)
-    return text
-
-
-def aggregate_text(text: str) -> str:
-    parse_rule(text)
-    return text
-
-
 OPTIONS = (
     Option("bind", str, "tcp://127.0.0.1:5570",
            "ZeroMQ endpoint to bind, e.g. tcp://*:5570 (port 0 picks a free one)"),
-    Option("mode", mode_text, "sync",
+    Option("mode", checked(parse_mode), "sync",
            "consistency: sync (rounds), async (apply on arrival) or ssp:K (bounded "
            "staleness: no worker reads more than K clocks ahead of the slowest)"),
     Option("workers", positive_int, 1,
@@ -54,7 +44,7 @@ OPTIONS = (
     Option("round-timeout", non_negative_float, 0.0,
            "sync: close a round after this many seconds without the missing workers, who are "
            "counted as stragglers (0: wait for them)"),
-    Option("aggregate", aggregate_text, "mean",
+    Option("aggregate", checked(parse_rule), "mean",
            "sync: how a round combines updates: mean, weighted, median or trimmed:B"),
     Option("lr-rule", str, "constant",
            "async/ssp: per-worker rate eta_i: constant, staleness (lr_scale / staleness) or "

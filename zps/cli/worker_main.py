@@ -14,6 +14,7 @@ from typing import Any
 from zps.cli.options import (
     Option,
     UsageError,
+    checked,
     non_negative_float,
     parse,
     positive_float,
@@ -42,11 +43,6 @@ def parse_optimizer(text: str) -> dict[str, Any] | None:
     raise ValueError(f"optimizer {text!r}: use sgd:LR[:MOMENTUM] or adam:LR")
 
 
-def optimizer_text(text: str) -> str:
-    parse_optimizer(text)
-    return text
-
-
 OPTIONS = (
     Option("servers", str, "tcp://127.0.0.1:5570",
            "comma-separated server endpoints, the same list and order on every worker"),
@@ -60,7 +56,7 @@ OPTIONS = (
     Option("seed", int, 0, "seed for data split and initial parameters (same on all workers)"),
     Option("slow", non_negative_float, 0.0,
            "extra seconds per step, to play a straggler in demos and benchmarks"),
-    Option("server-optimizer", optimizer_text, "",
+    Option("server-optimizer", checked(parse_optimizer), "",
            "push gradients and let the server step: sgd:LR[:MOMENTUM] or adam:LR "
            "(default: push -lr * gradient)"),
     Option("eval-every", int, 0, "record the test accuracy every N steps (0: only at the end)"),
