@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from zps.client.connection import Connection, _Counter
+from zps.client.connection import Connection, RequestIds
 from zps.client.placement import Layout
 from zps.client.session import Arrays, Message, Session, SessionProperties
 from zps.config import ClientConfig
@@ -54,7 +54,7 @@ class AsyncClient(SessionProperties):
     async def connect(self) -> None:
         """Open a DEALER per server and say hello to each (registers this worker)."""
         self._context = zmq.Context()
-        ids = _Counter()
+        ids = RequestIds()
         self._limit = asyncio.Semaphore(self.config.max_inflight)
         try:
             for addr in self.servers:

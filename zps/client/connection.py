@@ -26,7 +26,7 @@ class Connection:
     """Requests to one server over a DEALER socket. Created and used on one event loop."""
 
     def __init__(
-        self, context: zmq.Context, address: str, client_id: str, ids: _Counter
+        self, context: zmq.Context, address: str, client_id: str, ids: RequestIds
     ) -> None:
         self.address = address
         self.client_id = client_id
@@ -133,7 +133,7 @@ def _expire(future: asyncio.Future[Reply]) -> None:
         future.set_exception(_AttemptExpired())
 
 
-class _Counter:
+class RequestIds:
     """Request ids, increasing per client across all its connections."""
 
     def __init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,5 +58,6 @@ class Membership:
         """Members not heard from since ``deadline`` (a monotonic time)."""
         return [m for m in self._members.values() if m.last_seen < deadline]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Member]:
+        """Every member (a snapshot: members may be removed while iterating)."""
         return iter(list(self._members.values()))
