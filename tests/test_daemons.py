@@ -168,3 +168,18 @@ def test_training_finishes_when_a_worker_is_killed_mid_round(tmp_path: Path) -> 
     assert "declared dead" in log.read_text()
     for i in range(2):
         assert json.loads((tmp_path / f"w{i}.json").read_text())["test_accuracy"] >= 0.95
+
+
+def test_server_default_optimizer_trains_from_pushed_gradients(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(1, ["--mode", "sync", "--workers", "2",
+                                  "--optimizer", "adam:0.005"])
+        for i in range(2):
+            cluster.start_worker(["--num-workers", "2", "--worker-index", str(i),
+                                  "--epochs", "30", "--quiet",
+                                  "--metrics-out", str(tmp_path / f"w{i}.json")])
+        assert cluster.wait_workers(timeout=120) == [0, 0]
+        with zps.Client(cluster.addresses, role="observer") as ps:
+            tables = ps.stats()[0]["tables"]
+    assert all(t["optimizer"]["name"] == "adam" for t in tables)
+    assert json.loads((tmp_path / "w0.json").read_text())["test_accuracy"] >= 0.95

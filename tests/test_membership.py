@@ -48,7 +48,8 @@ def test_killed_worker_is_declared_dead_and_the_round_completes(start_server) ->
             proc.wait()
         stats = ps.stats()[0]
     assert stats["counters"]["dead"] == 1
-    assert [m["role"] for m in stats["members"]] == ["worker"]
+    assert [(m["role"], m["state"]) for m in stats["members"]] == [("worker", "live")]
+    assert [d["state"] for d in stats["departed"]] == ["declared dead (no heartbeat)"]
 
 
 def test_heartbeats_keep_an_idle_worker_alive(start_server) -> None:

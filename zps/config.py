@@ -7,7 +7,7 @@ users build them directly. Nothing below ``zps.cli`` reads the environment.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from zps.protocol import Limits
 
@@ -37,6 +37,7 @@ class ServerConfig:
     aggregate: str = "mean"  # sync: mean | weighted | median | trimmed:B
     lr_rule: str = "constant"  # async/ssp: constant | staleness | loss
     lr_scale: float = 1.0  # async/ssp: theta += eta_i * delta, eta_i = lr_scale by default
+    optimizer: dict[str, Any] | None = None  # for tables whose init names none
     heartbeat_interval: float = 1.0  # seconds between the heartbeats clients send
     liveness: int = 10  # a worker silent for interval x liveness is declared dead
     log_every_rounds: int = 100  # one log line per this many closed rounds

@@ -27,6 +27,7 @@ from zps.consistency.rates import RATE_RULES
 from zps.protocol import Limits
 from zps.runtime import run
 from zps.server import Server
+from zps.store import parse_optimizer
 
 OPTIONS = (
     Option("bind", str, "tcp://127.0.0.1:5570",
@@ -50,6 +51,9 @@ OPTIONS = (
            "async/ssp: per-worker rate eta_i: constant, staleness (lr_scale / staleness) or "
            "loss (by each worker's loss decrease)", choices=RATE_RULES),
     Option("lr-scale", non_negative_float, 1.0, "async/ssp: theta += eta_i * delta"),
+    Option("optimizer", checked(parse_optimizer), "",
+           "server-side optimizer for tables whose init names none: sgd:LR[:MOMENTUM] or "
+           "adam:LR; workers then push gradients (default: pushes are deltas)"),
     Option("heartbeat-interval", positive_float, 1.0, "seconds between client heartbeats"),
     Option("liveness", positive_int, 10,
            "heartbeat intervals of silence before a worker is declared dead"),
@@ -80,6 +84,7 @@ def load_config(
         aggregate=values["aggregate"],
         lr_rule=values["lr_rule"],
         lr_scale=values["lr_scale"],
+        optimizer=parse_optimizer(values["optimizer"]),
         heartbeat_interval=values["heartbeat_interval"],
         liveness=values["liveness"],
         log_every_rounds=values["log_every"],

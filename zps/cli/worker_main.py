@@ -25,23 +25,7 @@ from zps.client import Client
 from zps.config import ClientConfig
 from zps.errors import ConfigError, ZpsError
 from zps.jobs import JobContext, resolve_job
-
-
-def parse_optimizer(text: str) -> dict[str, Any] | None:
-    """``sgd:LR[:MOMENTUM]`` or ``adam:LR`` -> an optimizer spec for ``init``."""
-    if not text:
-        return None
-    name, *numbers = text.split(":")
-    try:
-        values = [float(n) for n in numbers]
-    except ValueError:
-        values = []
-    if name == "sgd" and 1 <= len(values) <= 2:
-        return {"name": "sgd", "lr": values[0], "momentum": values[1] if len(values) > 1 else 0}
-    if name == "adam" and len(values) == 1:
-        return {"name": "adam", "lr": values[0]}
-    raise ValueError(f"optimizer {text!r}: use sgd:LR[:MOMENTUM] or adam:LR")
-
+from zps.store import parse_optimizer
 
 OPTIONS = (
     Option("servers", str, "tcp://127.0.0.1:5570",

@@ -244,6 +244,11 @@ class SessionProperties:
         return self._session.layout
 
     @property
+    def server_info(self) -> dict[str, Any]:
+        """What the first server said in answer to hello (mode, limits, optimizer...)."""
+        return dict(self._session.hello[0]) if self._session.hello else {}
+
+    @property
     def mode(self) -> str:
         """The consistency mode the servers run (``sync`` or ``async``)."""
         return str(self._session.hello[0].get("mode", "")) if self._session.hello else ""

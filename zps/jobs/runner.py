@@ -57,7 +57,8 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
     steps_per_epoch = math.ceil(per_worker / ctx.batch_size)
     initial = model.init(x.shape[1], data.classes, ctx.seed)
     params = ps.init(initial, optimizer=ctx.server_optimizer)
-    scale = 1.0 if ctx.server_optimizer else -ctx.lr
+    server_steps = ctx.server_optimizer or getattr(ps, "server_info", {}).get("optimizer")
+    scale = 1.0 if server_steps else -ctx.lr  # gradients for a server optimizer, else deltas
     rng = np.random.default_rng(ctx.seed + 1 + ctx.worker_index)
     losses: list[float] = []
     timeline: list[dict[str, float]] = []

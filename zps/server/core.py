@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,6 +31,7 @@ log = logging.getLogger("zps.server")
 
 Result = Reply | Coroutine[Any, Any, Reply]
 Payload = tuple[np.ndarray, float]  # a pushed update and its weight
+DEPARTED_KEPT = 100  # members that left or died, listed in stats
 
 
 class ServerCore:
@@ -52,6 +54,7 @@ class ServerCore:
         self._round_opened: dict[str, float] = {}  # sync: when each open round got a push
         self._waiters: dict[str, list[tuple[Callable[[], bool], asyncio.Future[None]]]] = {}
         self._lead_table: str | None = None
+        self._departed: deque[dict[str, str]] = deque(maxlen=DEPARTED_KEPT)
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "errors", "pushes", "duplicates", "dropped", "pulls", "rounds",
              "timeouts", "heartbeats", "dead", "bytes_in", "bytes_out"), 0
@@ -116,6 +119,7 @@ class ServerCore:
             "heartbeat_interval": self.config.heartbeat_interval,
             "liveness": self.config.liveness,
             "max_message_bytes": self.config.limits.max_message_bytes,
+            "optimizer": self.config.optimizer,
         }
 
     def bye(self, request: Request) -> Reply:
@@ -134,10 +138,12 @@ class ServerCore:
         if member is None:
             return
         log.info("%s %s %s (%d workers)", member.role, client_id, why, len(self.members.workers()))
+        self._departed.append({"id": client_id, "role": member.role, "state": why})
         if member.role == "worker":
             self._apply_closed(self.rounds.leave(client_id))
             self.clocks.leave(client_id)
             self.rates.leave(client_id)
+            self._read = {k: v for k, v in self._read.items() if k[1] != client_id}
             for key in list(self._waiters):
                 self._wake(key)
 
@@ -159,7 +165,7 @@ class ServerCore:
 
     def init(self, request: Request) -> Reply:
         arrays = request.arrays()
-        optimizer_spec = request.options.get("optimizer")
+        optimizer_spec = request.options.get("optimizer") or self.config.optimizer
         make_optimizer(optimizer_spec)  # validate before anything is created
         fresh = [name for name in arrays if name not in self.store]
         for name, array in arrays.items():  # check everything before creating anything
@@ -330,6 +336,7 @@ class ServerCore:
                 {
                     "id": m.client_id,
                     "role": m.role,
+                    "state": "live",
                     "age": round(now - m.joined_at, 3),
                     "silent": round(now - m.last_seen, 3),
                     "clock": (self.rounds.last_round(lead, m.client_id) if self.sync
@@ -339,6 +346,7 @@ class ServerCore:
                 }
                 for m in self.members
             ],
+            "departed": list(self._departed),
         }
         return self._reply(request, info=info)
 

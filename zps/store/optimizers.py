@@ -88,3 +88,27 @@ def make_optimizer(spec: Any) -> Optimizer | None:
         beta2=float(values.get("beta2", defaults.beta2)),
         eps=float(values.get("eps", defaults.eps)),
     )
+
+
+def parse_optimizer(text: str) -> dict[str, Any] | None:
+    """``sgd:LR[:MOMENTUM]`` or ``adam:LR`` (command-line form) -> an init option, or None
+    for ``""``. Raises ``ValueError`` saying the accepted forms."""
+    if not text:
+        return None
+    name, *numbers = text.split(":")
+    try:
+        values = [float(n) for n in numbers]
+    except ValueError:
+        values = []
+    if name == "sgd" and 1 <= len(values) <= 2:
+        spec: dict[str, Any] = {"name": "sgd", "lr": values[0],
+                                "momentum": values[1] if len(values) > 1 else 0.0}
+    elif name == "adam" and len(values) == 1:
+        spec = {"name": "adam", "lr": values[0]}
+    else:
+        raise ValueError(f"optimizer {text!r}: use sgd:LR[:MOMENTUM] or adam:LR")
+    try:
+        make_optimizer(spec)
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
+    return spec
