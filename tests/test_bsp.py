@@ -154,3 +154,15 @@ def test_quorum_rounds_apply_each_push_at_most_once(quorum: int, late, script) -
             assert not set(c.members) & set(c.missing)
             applied.extend(c.payloads)
     assert len(applied) == len(set(applied))
+
+
+def test_a_member_that_leaves_starts_afresh_when_it_rejoins() -> None:
+    rounds: BspRounds[int] = BspRounds()
+    rounds.join("a")
+    rounds.join("b")
+    rounds.push("w", "a", 1)
+    rounds.push("w", "a", 2)  # queued for round 2
+    assert rounds.last_round("w", "a") == 2
+    rounds.leave("a")
+    rounds.join("a")
+    assert rounds.last_round("w", "a") == 0  # its pull does not wait for a dropped round

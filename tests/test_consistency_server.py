@@ -140,3 +140,51 @@ def test_ssp_and_quorum_flags_reach_the_server(start_server) -> None:
         ps.init({"w": np.zeros(1)})
         ps.push({"w": np.ones(1)}, loss=2.0)
         np.testing.assert_array_equal(ps.pull()["w"], 1)
+
+
+def test_a_worker_that_only_pushes_is_held_one_round_ahead(start_server) -> None:
+    server = start_server(mode="sync", workers=2)
+    eager, other = clients(server, 2)
+    done: list[int] = []
+
+    def push_three() -> None:
+        for i in range(3):
+            eager.push({"w": np.ones(2)})
+            done.append(i)
+
+    runner = threading.Thread(target=push_three)
+    try:
+        runner.start()
+        # Round 1 is open with its push; the second push (round 2) is held until round 1
+        # closes, so at most one round is ever queued.
+        wait_for(lambda: counter(server, "pushes") == 2, what="two pushes")
+        assert done == [0]
+        other.push({"w": np.ones(2)})
+        wait_for(lambda: len(done) == 2, what="the held push to be acknowledged")
+        other.push({"w": np.ones(2)})
+        runner.join(timeout=20)
+        assert done == [0, 1, 2]
+    finally:
+        runner.join(timeout=20)
+        close_all([eager, other])
+
+
+def test_bad_weights_and_optimizer_conflicts_are_refused(start_server) -> None:
+    server = start_server(mode="sync")
+    with zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(2)}, optimizer={"name": "adam", "lr": 0.1})
+        with pytest.raises(zps.RejectedError, match="weight"):
+            ps.push({"w": np.ones(2)}, weight=-1)
+        with pytest.raises(zps.ShapeMismatchError, match="optimizer"):
+            ps.init({"w": np.zeros(2)})  # a worker that would push deltas, not gradients
+        ps.init({"w": np.zeros(2)}, optimizer={"name": "adam", "lr": 0.1})
+        assert counter(server, "pushes") == 0
+
+
+def test_a_worker_declared_dead_while_alive_registers_again(start_server) -> None:
+    server = start_server(mode="sync", heartbeat_interval=0.05, liveness=2)
+    with zps.Client([server.address], heartbeat_interval=0) as ps:  # no heartbeats
+        ps.init({"w": np.zeros(2)})
+        wait_for(lambda: counter(server, "dead") == 1, what="the silent worker to be dead")
+        np.testing.assert_array_equal(ps.push_pull({"w": np.ones(2)})["w"], 1)
+        assert server.run(lambda: server.server.core.members.get(ps.client_id)) is not None

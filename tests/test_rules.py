@@ -27,6 +27,13 @@ def test_rules_on_known_inputs() -> None:
     assert aggregate(parse_rule("trimmed"), ups(1, 2, 1e9), [1] * 3)[0] == 2
 
 
+def test_weighted_rule_with_zero_and_single_weights() -> None:
+    rule = parse_rule("weighted")
+    np.testing.assert_array_equal(aggregate(rule, ups(5), [0]), 0)  # weight 0: no change
+    np.testing.assert_array_equal(aggregate(rule, ups(5), [3]), 5)
+    np.testing.assert_array_equal(aggregate(rule, ups(5, 9), [0, 0]), 0)
+
+
 def test_rule_parsing() -> None:
     assert str(parse_rule("trimmed:0.2")) == "trimmed:0.2"
     for bad in ("avg", "median:3", "trimmed:0.5", "trimmed:x"):
@@ -82,7 +89,8 @@ def test_sgd_momentum_and_adam_steps() -> None:
 @pytest.mark.parametrize("spec", [
     {"name": "rmsprop", "lr": 0.1}, {"name": "sgd"}, {"name": "sgd", "lr": -1},
     {"name": "adam", "lr": 0.1, "beta1": 1.5}, {"name": "sgd", "lr": 0.1, "nesterov": 1},
-    "adam", {"name": "sgd", "lr": "fast"},
+    "adam", {"name": "sgd", "lr": "fast"}, {"name": "adam", "lr": 0.1, "eps": 0},
+    {"name": "sgd", "lr": float("inf")}, {"name": "adam", "lr": 0.1, "eps": float("nan")},
 ])
 def test_bad_optimizer_specs_are_refused(spec: object) -> None:
     with pytest.raises(ProtocolError):

@@ -15,7 +15,7 @@ from zps.client.connection import Connection, RequestIds
 from zps.client.placement import Layout
 from zps.client.session import Arrays, Message, Session, SessionProperties
 from zps.config import ClientConfig
-from zps.errors import ZpsError
+from zps.errors import RejectedError, ZpsError
 from zps.protocol import Op
 
 log = logging.getLogger("zps.client")
@@ -162,11 +162,23 @@ class AsyncClient(SessionProperties):
         """Send a call's messages concurrently and gather the returned values."""
         messages = self._session.messages(op, layout, names, arrays, options)
         out = {} if op == Op.PUSH else self._session.outputs(layout, names)
+        try:
+            await self._send_all(messages, out)
+        except RejectedError as exc:
+            if exc.code != "not_registered":
+                raise
+            # Declared dead while alive: register again and send the call once more.
+            log.warning("%s; registering again", exc)
+            self._session.hello = list(
+                await asyncio.gather(*(self._hello(c) for c in self._connections)))
+            await self._send_all(messages, out)
+        return out
+
+    async def _send_all(self, messages: list[Message], out: Arrays) -> None:
         if len(messages) == 1:  # the common case: no task to schedule
             await self._send(messages[0], out)
         else:
             await asyncio.gather(*(self._send(m, out) for m in messages))
-        return out
 
     async def _send(self, message: Message, out: Arrays) -> None:
         conn = self._connections[message.server]

@@ -34,7 +34,7 @@ from zps.client.session import (
     unreachable_message,
 )
 from zps.config import ClientConfig
-from zps.errors import ClosedError, ProtocolError, ServerUnreachable, ZpsError
+from zps.errors import ClosedError, ProtocolError, RejectedError, ServerUnreachable, ZpsError
 from zps.protocol import Op, Reply, Request, decode_reply_header, encode_request
 from zps.transport import (
     connect,
@@ -185,7 +185,17 @@ class Client(SessionProperties):
               options: dict[str, Any] | None = None) -> Arrays:
         messages = self._session.messages(op, layout, names, arrays, options)
         out = {} if op == Op.PUSH else self._session.outputs(layout, names)
-        self._exchange(messages, self.config.timeout, 1 + self.config.retries, out)
+        attempts = 1 + self.config.retries
+        try:
+            self._exchange(messages, self.config.timeout, attempts, out)
+        except RejectedError as exc:
+            if exc.code != "not_registered":
+                raise
+            # Declared dead while alive (a long pause, a network blip): register again and
+            # send the call once more; the server applied nothing of it.
+            log.warning("%s; registering again", exc)
+            self._hello()
+            self._exchange(messages, self.config.timeout, attempts, out)
         return out
 
     def _exchange(self, messages: list[Message], timeout: float, attempts: int,

@@ -136,8 +136,14 @@ class Session:
                  arrays: Mapping[str, np.ndarray] | None = None,
                  options: dict[str, Any] | None = None) -> list[Message]:
         """One message per server and chunk: parts batched up to ``chunk_bytes``."""
-        messages = [self._message(op, group, arrays, options or {})
-                    for group in self._group(list(layout.parts_of(list(names))))]
+        messages = []
+        first_to: set[int] = set()
+        for group in self._group(list(layout.parts_of(list(names)))):
+            extra = dict(options or {})
+            if group[0].server in first_to:
+                extra.pop("loss", None)  # one loss report per server and push
+            first_to.add(group[0].server)
+            messages.append(self._message(op, group, arrays, extra))
         for message in messages:
             self._check_size(message)
         return messages

@@ -1,9 +1,10 @@
 """Aggregation rules: how a sync round turns the workers' updates into one update.
 
-``mean`` (the default, ``1/N * sum_i delta_i``), ``weighted`` (by the weight each push
-carries, e.g. its batch size), ``median`` (coordinate-wise) and ``trimmed:B`` (the
-coordinate-wise mean after dropping the largest and smallest ``floor(B * N)`` values, at
-least one each when N >= 3). The last two tolerate a bad or faulty worker.
+``mean`` (the default, ``1/N * sum_i delta_i``), ``weighted`` (by the weight >= 0 each
+push carries, e.g. its batch size; a round whose weights are all 0 changes nothing),
+``median`` (coordinate-wise) and ``trimmed:B`` (the coordinate-wise mean after dropping
+the largest and smallest ``floor(B * N)`` values, at least one each when N >= 3). The last
+two tolerate a bad or faulty worker.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ def parse_rule(text: str) -> Rule:
 
 def aggregate(rule: Rule, updates: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Combine one round's ``updates`` (same shape) by ``rule``; a new array or an input."""
+    if rule.name == "weighted":
+        return _weighted(updates, weights)
     if len(updates) == 1:
         return updates[0]
     if rule.name == "mean":
         return _mean(updates)
-    if rule.name == "weighted":
-        return _weighted(updates, weights)
     stacked = np.stack(updates)
     if rule.name == "median":
         return np.median(stacked, axis=0).astype(updates[0].dtype, copy=False)
@@ -77,10 +78,10 @@ def _mean(updates: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _weighted(updates: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """``sum(w_i * delta_i) / sum(w_i)``."""
+    """``sum(w_i * delta_i) / sum(w_i)`` (weights >= 0; all zero: no change)."""
     total_weight = float(sum(weights))
     if total_weight <= 0:
-        return _mean(updates)
+        return np.zeros_like(updates[0])
     total = np.multiply(updates[0], weights[0] / total_weight, dtype=updates[0].dtype)
     for update, weight in zip(updates[1:], weights[1:], strict=True):
         total += update * np.asarray(weight / total_weight, dtype=update.dtype)

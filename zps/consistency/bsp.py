@@ -63,10 +63,15 @@ class BspRounds(Generic[P]):
             self.started = True
 
     def leave(self, member: str) -> list[ClosedRound[P]]:
-        """Remove a member (bye or declared dead); rounds waiting only on it close now."""
+        """Remove a member (bye or declared dead) and what is kept about it; rounds waiting
+        only on it close now. If it comes back, it starts afresh."""
         self.members.discard(member)
+        self.dropped.pop(member, None)
+        self.straggles.pop(member, None)
         for rounds in self._keys.values():
+            # Its queued pushes go; one already in the open round is applied with it.
             rounds.queued = deque((m, p) for m, p in rounds.queued if m != member)
+            rounds.last_round.pop(member, None)
         return [c for key in list(self._keys) for c in self._close_ready(key)]
 
     def push(self, key: str, member: str, payload: P,

@@ -139,11 +139,11 @@ class ServerCore:
             return
         log.info("%s %s %s (%d workers)", member.role, client_id, why, len(self.members.workers()))
         self._departed.append({"id": client_id, "role": member.role, "state": why})
+        self._read = {k: v for k, v in self._read.items() if k[1] != client_id}
         if member.role == "worker":
             self._apply_closed(self.rounds.leave(client_id))
             self.clocks.leave(client_id)
             self.rates.leave(client_id)
-            self._read = {k: v for k, v in self._read.items() if k[1] != client_id}
             for key in list(self._waiters):
                 self._wake(key)
 
@@ -166,11 +166,13 @@ class ServerCore:
     def init(self, request: Request) -> Reply:
         arrays = request.arrays()
         optimizer_spec = request.options.get("optimizer") or self.config.optimizer
-        make_optimizer(optimizer_spec)  # validate before anything is created
+        wanted = make_optimizer(optimizer_spec)  # validate before anything is created
         fresh = [name for name in arrays if name not in self.store]
         for name, array in arrays.items():  # check everything before creating anything
             if name in self.store:
-                self._check_same(self.store.get(name), array, "init")
+                table = self.store.get(name)
+                self._check_same(table, array, "init")
+                self._check_same_optimizer(table, wanted.spec() if wanted else None)
         for name in fresh:
             self.store.create(name, arrays[name], make_optimizer(optimizer_spec))
             self._lead_table = self._lead_table or name
@@ -178,9 +180,29 @@ class ServerCore:
                      f" with server-side {optimizer_spec['name']}" if optimizer_spec else "")
         return self._tables_reply(request, [self.store.get(n) for n in arrays])
 
+    def _check_same_optimizer(self, table: Table, wanted: dict[str, Any] | None) -> None:
+        held = table.optimizer.spec() if table.optimizer else None
+        if held != wanted:
+            raise ProtocolError(
+                "conflict",
+                f"init of {table.name!r} asks for optimizer {wanted} but the table has {held}; "
+                "every worker must init a table the same way (pushes are gradients for a "
+                "server-side optimizer, deltas otherwise)",
+            )
+
     def push(self, request: Request) -> Result:
-        self._accept_push(request)
-        return self._reply(request, info={"seq": self.store.seq})
+        targets = self._accept_push(request)
+        # Back-pressure (sync): a push is acknowledged once its round is the open one, so
+        # a worker that only pushes never queues more than one round ahead.
+        waits = [(key, self._round_is_open(key, target)) for key, target in targets]
+        waits = [(key, ready) for key, ready in waits if not ready()]
+        ack = self._reply(request, info={"seq": self.store.seq})
+        if not waits:
+            return ack
+        return self._when_ready(waits, lambda: ack)
+
+    def _round_is_open(self, key: str, target: int) -> Callable[[], bool]:
+        return lambda: self.rounds.closed(key) >= target - 1
 
     def pull(self, request: Request) -> Result:
         tables = [self.store.get(name) for name in request.names]
@@ -193,30 +215,34 @@ class ServerCore:
         tables = [self.store.get(m.name) for m in request.tensors]
         return self._answer_when_readable(request, tables)
 
-    def _accept_push(self, request: Request) -> None:
-        """Validate a push completely, then apply it (async, SSP) or add it to its round."""
+    def _accept_push(self, request: Request) -> list[tuple[str, int]]:
+        """Validate a push completely, then apply it (async, SSP) or add it to its round.
+
+        Returns, in sync mode, the round each table's update went into (0: dropped).
+        """
         arrays = request.arrays()
         for name, array in arrays.items():
             self._check_same(self.store.get(name), array, "push")
         cid = request.client_id
+        loss = _number_option(request, "loss", None)
+        weight = _number_option(request, "weight", 1.0)
+        if weight is None or weight < 0:
+            raise ProtocolError("bad_header", "option 'weight' must be >= 0")
+        if self.dedup.seen(cid, request.request_id):
+            self.counters["duplicates"] += 1  # a retry of an applied push: nothing to do
+            return []
         if self.kind != "async" and cid not in self.rounds.members:
             raise ProtocolError(
                 "not_registered",
                 f"client {cid} is not a registered worker of this {self.config.mode} job: "
                 "send hello with role 'worker' first (it may have been declared dead)",
             )
-        loss = _number_option(request, "loss", None)
-        weight = _number_option(request, "weight", 1.0)
-        if self.dedup.seen(cid, request.request_id):
-            self.counters["duplicates"] += 1
-            return
         self.dedup.record(cid, request.request_id)
         self.counters["pushes"] += 1
         self.counters["bytes_in"] += sum(m.nbytes for m in request.tensors)
         if self.sync:
-            for name, array in arrays.items():
-                self._push_to_round(name, cid, array, weight or 0.0)
-            return
+            return [(name, self._push_to_round(name, cid, array, weight))
+                    for name, array in arrays.items()]
         self.rates.observe(cid, loss)
         for name, array in arrays.items():
             table = self.store.get(name)
@@ -225,8 +251,9 @@ class ServerCore:
             if self.kind == "ssp":
                 self.clocks.tick(name, cid)
                 self._wake(name)
+        return []
 
-    def _push_to_round(self, name: str, cid: str, array: np.ndarray, weight: float) -> None:
+    def _push_to_round(self, name: str, cid: str, array: np.ndarray, weight: float) -> int:
         # An update is based on the newest round its worker knows of: the last one it read,
         # or the one its own previous push went into.
         based_on = (max(self._read.get((name, cid), 0), self.rounds.last_round(name, cid))
@@ -237,6 +264,7 @@ class ServerCore:
         self._apply_closed(closed)
         if self.rounds.open_count(name) and name not in self._round_opened:
             self._round_opened[name] = time.monotonic()
+        return target
 
     def _check_same(self, table: Table, array: np.ndarray, what: str) -> None:
         if table.data.shape != array.shape or table.data.dtype != array.dtype:
@@ -279,22 +307,22 @@ class ServerCore:
         return lambda: True
 
     def _answer_when_readable(self, request: Request, tables: list[Table]) -> Result:
-        waits = [(t.name, ready) for t in tables
-                 if not (ready := self._readable(t.name, request.client_id))()]
-        if not waits:
+        waits = [(t.name, self._readable(t.name, request.client_id)) for t in tables]
+        if all(ready() for _, ready in waits):
             return self._tables_reply(request, tables)
-        return self._reply_when_readable(request, tables, waits)
+        return self._when_ready(waits, lambda: self._tables_reply(request, tables))
 
-    async def _reply_when_readable(
-        self, request: Request, tables: list[Table], waits: list[tuple[str, Callable[[], bool]]]
+    async def _when_ready(
+        self, waits: list[tuple[str, Callable[[], bool]]], answer: Callable[[], Reply]
     ) -> Reply:
+        """``answer()`` once every condition holds at the same moment."""
         loop = asyncio.get_running_loop()
-        for key, ready in waits:
-            if not ready():
-                future: asyncio.Future[None] = loop.create_future()
-                self._waiters.setdefault(key, []).append((ready, future))
-                await future
-        return self._tables_reply(request, tables)
+        while pending := [(key, ready) for key, ready in waits if not ready()]:
+            key, ready = pending[0]
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(key, []).append((ready, future))
+            await future
+        return answer()
 
     def _wake(self, key: str) -> None:
         waiting = self._waiters.get(key)
@@ -356,9 +384,10 @@ class ServerCore:
     def _tables_reply(self, request: Request, tables: list[Table]) -> Reply:
         metas = tuple(TensorMeta.of(t.name, t.data) for t in tables)
         self.counters["bytes_out"] += sum(m.nbytes for m in metas)
-        for t in tables:  # what this worker now holds: its next push is based on it
-            self._read[(t.name, request.client_id)] = (
-                self.rounds.closed(t.name) if self.sync else t.version)
+        if request.client_id in self.members:  # what it now holds: its next push's base
+            for t in tables:
+                self._read[(t.name, request.client_id)] = (
+                    self.rounds.closed(t.name) if self.sync else t.version)
         versions = {t.name: t.version for t in tables}
         return Reply(
             request.request_id,

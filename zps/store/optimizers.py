@@ -6,6 +6,7 @@ Chosen per table at ``init`` (``optimizer={"name": "adam", "lr": 1e-3}``); the s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,11 @@ def make_optimizer(spec: Any) -> Optimizer | None:
     values = {k: v for k, v in spec.items() if k != "name"}
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
         raise ProtocolError("bad_header", "optimizer settings must be numbers")
-    if not values.get("lr", 0) > 0:
-        raise ProtocolError("bad_header", "optimizer lr must be a number > 0")
+    for key in ("lr", "eps"):
+        if key in values and not (math.isfinite(values[key]) and values[key] > 0):
+            raise ProtocolError("bad_header", f"optimizer {key} must be a finite number > 0")
+    if "lr" not in values:
+        raise ProtocolError("bad_header", "optimizer lr must be a finite number > 0")
     for key in ("momentum", "beta1", "beta2"):
         if key in values and not 0 <= values[key] < 1:
             raise ProtocolError("bad_header", f"optimizer {key} must be in [0, 1)")
