@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zps.codecs.base import Codec, Encoded, check_parts, decode
+from zps.codecs.base import Codec, Compressed, Encoded, check_parts, decode
 from zps.codecs.feedback import ErrorFeedback
 from zps.codecs.quantized import Int8Codec, SignCodec
 from zps.codecs.simple import Fp16Codec, NoCodec
@@ -37,6 +37,7 @@ def make_codec(spec: str, **kwargs: Any) -> Codec:
 __all__ = [
     "CODECS",
     "Codec",
+    "Compressed",
     "Encoded",
     "ErrorFeedback",
     "Fp16Codec",

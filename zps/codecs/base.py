@@ -80,6 +80,11 @@ def check_parts(codec: Codec, encoded: Encoded) -> None:
                 f"codec {codec.name} buffer {i} must be {length} x {dtype}, "
                 f"got {part.size} x {part.dtype}",
             )
+        if part.dtype.kind == "f" and part.size and not np.isfinite(part).all():
+            raise ProtocolError("bad_frames", f"codec {codec.name} buffer {i} holds NaN or inf")
+    check = getattr(codec, "check", None)
+    if check is not None:
+        check(encoded)
 
 
 def require_finite(xp: ModuleType, array: Any, what: str = "update") -> None:
@@ -91,3 +96,22 @@ def require_finite(xp: ModuleType, array: Any, what: str = "update") -> None:
 def flat(array: Any) -> Any:
     """A 1-D view (or copy, if not contiguous) of ``array``."""
     return array.reshape(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class Compressed:
+    """A received compressed update, ready to be added into a table (server side)."""
+
+    codec: Codec
+    encoded: Encoded
+
+    @property
+    def nbytes(self) -> int:
+        return self.encoded.nbytes
+
+    def add_into(self, out: np.ndarray, scale: float = 1.0) -> None:
+        """``out += scale * update``, decoded block by block."""
+        self.codec.decode_add(self.encoded, out, scale)
+
+    def dense(self) -> np.ndarray:
+        return decode(self.codec, self.encoded)

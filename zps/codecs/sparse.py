@@ -47,11 +47,16 @@ class TopKCodec:
             raise ProtocolError("bad_header", f"topk k must be an integer in [0, {size}]")
         return [("int32", k), (dtype, k)]
 
-    def decode_add(self, encoded: Encoded, out: np.ndarray, scale: float = 1.0) -> None:
-        idx, values = (np.asarray(p) for p in encoded.parts)
-        if idx.size and (idx.min() < 0 or idx.max() >= out.size):
-            raise ProtocolError("bad_frames", f"topk index out of range [0, {out.size})")
+    def check(self, encoded: Encoded) -> None:
+        """Indices in range, sorted and distinct (else ``ProtocolError``)."""
+        idx = np.asarray(encoded.parts[0])
+        if idx.size and (idx.min() < 0 or idx.max() >= encoded.size):
+            raise ProtocolError("bad_frames", f"topk index out of range [0, {encoded.size})")
         if idx.size > 1 and not bool((idx[1:] > idx[:-1]).all()):
             raise ProtocolError("bad_frames", "topk indices must be sorted and distinct")
+
+    def decode_add(self, encoded: Encoded, out: np.ndarray, scale: float = 1.0) -> None:
+        self.check(encoded)
+        idx, values = (np.asarray(p) for p in encoded.parts)
         target = out.reshape(-1)
         target[idx] += values if scale == 1.0 else values * scale

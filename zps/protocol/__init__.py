@@ -13,6 +13,7 @@ from zps.protocol.framing import (
 from zps.protocol.messages import (
     DTYPES,
     PROTOCOL_VERSION,
+    EncodedMeta,
     Op,
     Reply,
     Request,
@@ -25,6 +26,7 @@ __all__ = [
     "DTYPES",
     "PROTOCOL_VERSION",
     "DecodeError",
+    "EncodedMeta",
     "Limits",
     "Op",
     "Reply",

@@ -20,8 +20,10 @@ from zps.errors import ProtocolError
 from zps.protocol.messages import (
     DTYPES,
     NAME_OPS,
+    PART_DTYPES,
     PROTOCOL_VERSION,
     TENSOR_OPS,
+    EncodedMeta,
     Op,
     Reply,
     Request,
@@ -69,6 +71,9 @@ def encode_request(request: Request) -> list[Any]:
         header["t"] = [_meta_to_wire(m) for m in request.tensors]
     if request.names:
         header["n"] = list(request.names)
+    if request.encoded:
+        header["z"] = [[m.name, m.codec, m.params, m.dtype, list(m.shape),
+                        [list(p) for p in m.parts]] for m in request.encoded]
     if request.options:
         header["o"] = request.options
     return [msgpack.packb(header), *request.buffers]
@@ -146,12 +151,59 @@ def _build_request(header: dict[Any, Any], buffers: Sequence[Any], limits: Limit
         raise DecodeError("bad_header", "request id 'r' must be an integer in [0, 2**63)")
     tensors = _field_tensors(header, limits)
     names = _field_names(header, limits)
+    encoded = _field_encoded(header, limits)
     options = header.get("o", {})
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise DecodeError("bad_header", "options 'o' must be a map with string keys")
-    _check_op_shape(op, tensors, names)
-    _check_buffers(tensors, buffers)
-    return Request(op, client_id, request_id, tensors, names, options, tuple(buffers))
+    if encoded and op not in (Op.PUSH, Op.PUSH_PULL):
+        raise DecodeError("bad_header", f"{op} carries no compressed tensors")
+    all_names = [m.name for m in tensors] + [m.name for m in encoded]
+    if len(set(all_names)) != len(all_names):
+        raise DecodeError("bad_header", "a table name appears twice in one message")
+    _check_op_shape(op, tensors or encoded, names)  # type: ignore[arg-type]
+    sizes = [m.nbytes for m in tensors] + [n for m in encoded for _, n in m.parts]
+    _check_frame_sizes(sizes, buffers)
+    return Request(op, client_id, request_id, tensors, names, options, tuple(buffers), encoded)
+
+
+def _field_encoded(header: dict[Any, Any], limits: Limits) -> tuple[EncodedMeta, ...]:
+    raw = header.get("z", [])
+    if not isinstance(raw, list) or len(raw) > limits.max_tensors:
+        raise DecodeError("bad_header", "compressed tensors 'z' must be a list")
+    return tuple(_encoded_meta(item, limits) for item in raw)
+
+
+def _encoded_meta(item: Any, limits: Limits) -> EncodedMeta:
+    if not isinstance(item, list) or len(item) != 6:
+        raise DecodeError(
+            "bad_header",
+            "each compressed tensor must be [name, codec, params, dtype, shape, parts]",
+        )
+    name, codec, params, dtype, shape, parts = item
+    name = _check_name(name, limits)
+    if not isinstance(codec, str) or not 0 < len(codec) <= 16:
+        raise DecodeError("bad_header", f"{name!r}: codec must be a short string")
+    if not isinstance(params, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) for k, v in params.items()):
+        raise DecodeError("bad_header", f"{name!r}: codec params must map names to numbers")
+    dense = _tensor_meta([name, dtype, shape, _dense_bytes(dtype, shape)], limits)
+    if not isinstance(parts, list) or len(parts) > 8:
+        raise DecodeError("bad_header", f"{name!r}: parts must be a list of [dtype, nbytes]")
+    checked = []
+    for part in parts:
+        if not (isinstance(part, list) and len(part) == 2 and isinstance(part[0], str)
+                and part[0] in PART_DTYPES and _is_int(part[1]) and part[1] >= 0
+                and part[1] % np.dtype(part[0]).itemsize == 0):
+            raise DecodeError("bad_dtype", f"{name!r}: bad compressed part {part!r}")
+        checked.append((part[0], part[1]))
+    return EncodedMeta(name, codec, params, dense.dtype, dense.shape, tuple(checked))
+
+
+def _dense_bytes(dtype: Any, shape: Any) -> int:
+    if isinstance(dtype, str) and dtype in DTYPES and isinstance(shape, list) and all(
+            _is_int(d) and 0 <= d < 2**40 for d in shape):
+        return math.prod(shape) * np.dtype(dtype).itemsize
+    return -1  # _tensor_meta reports what is wrong
 
 
 def _field_op(header: dict[Any, Any]) -> Op:
@@ -237,16 +289,20 @@ def _check_op_shape(op: Op, tensors: tuple[TensorMeta, ...], names: tuple[str, .
 
 
 def _check_buffers(tensors: tuple[TensorMeta, ...], buffers: Sequence[Any]) -> None:
-    if len(buffers) != len(tensors):
+    _check_frame_sizes([m.nbytes for m in tensors], buffers)
+
+
+def _check_frame_sizes(sizes: list[int], buffers: Sequence[Any]) -> None:
+    if len(buffers) != len(sizes):
         raise DecodeError(
             "bad_frames",
-            f"header announces {len(tensors)} array frames but {len(buffers)} arrived",
+            f"header announces {len(sizes)} array frames but {len(buffers)} arrived",
         )
-    for meta, buf in zip(tensors, buffers, strict=True):
+    for i, (expected, buf) in enumerate(zip(sizes, buffers, strict=True)):
         size = memoryview(buf).nbytes
-        if size != meta.nbytes:
+        if size != expected:
             raise DecodeError(
-                "bad_frames", f"{meta.name!r}: frame holds {size} bytes, header says {meta.nbytes}"
+                "bad_frames", f"array frame {i} holds {size} bytes, header says {expected}"
             )
 
 

@@ -57,6 +57,23 @@ class TensorMeta:
         return cls(name, dtype, array.shape, array.nbytes)
 
 
+# Element types a compressed tensor's buffers may have (the codecs' parts).
+PART_DTYPES: frozenset[str] = frozenset({"int8", "uint8", "int32", "float16", *DTYPES})
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedMeta:
+    """Describes one compressed tensor: its codec, the dense shape and dtype it decodes
+    to, codec parameters, and the (dtype, nbytes) of each of its buffers, in frame order."""
+
+    name: str
+    codec: str
+    params: dict[str, Any]
+    dtype: str
+    shape: tuple[int, ...]
+    parts: tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """A client's request, as decoded and validated by the server."""
@@ -67,11 +84,23 @@ class Request:
     tensors: tuple[TensorMeta, ...] = ()
     names: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
-    buffers: tuple[Any, ...] = ()  # buffer-protocol objects, one per tensor
+    buffers: tuple[Any, ...] = ()  # one per tensor, then each encoded tensor's parts
+    encoded: tuple[EncodedMeta, ...] = ()
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The tensors as read-only NumPy views on the received frames (no copy)."""
-        return {m.name: as_array(m, b) for m, b in zip(self.tensors, self.buffers, strict=True)}
+        return {m.name: as_array(m, b) for m, b in zip(self.tensors, self.buffers, strict=False)}
+
+    def encoded_parts(self) -> dict[str, tuple[EncodedMeta, tuple[np.ndarray, ...]]]:
+        """Each compressed tensor with its parts as NumPy views on the frames."""
+        out = {}
+        at = len(self.tensors)
+        for meta in self.encoded:
+            parts = tuple(np.frombuffer(self.buffers[at + i], dtype=dtype)
+                          for i, (dtype, _) in enumerate(meta.parts))
+            at += len(meta.parts)
+            out[meta.name] = (meta, parts)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

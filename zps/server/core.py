@@ -18,19 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from zps.codecs import CODECS, Compressed, Encoded, check_parts, make_codec
 from zps.config import ServerConfig, parse_mode
 from zps.consistency import BspRounds, ClosedRound, SspClocks
 from zps.consistency.aggregate import aggregate, parse_rule
 from zps.consistency.rates import Rates
 from zps.errors import ProtocolError
-from zps.protocol import PROTOCOL_VERSION, Op, Reply, Request, TensorMeta
+from zps.protocol import PROTOCOL_VERSION, EncodedMeta, Op, Reply, Request, TensorMeta
 from zps.server.members import ROLES, Membership
 from zps.store import DedupWindow, Store, Table, make_optimizer
 
 log = logging.getLogger("zps.server")
 
 Result = Reply | Coroutine[Any, Any, Reply]
-Payload = tuple[np.ndarray, float]  # a pushed update and its weight
+Payload = tuple["np.ndarray | Compressed", float]  # a pushed update and its weight
 DEPARTED_KEPT = 100  # members that left or died, listed in stats
 
 
@@ -51,6 +52,7 @@ class ServerCore:
         self.rates = Rates(config.lr_rule, config.lr_scale)
         # What each worker last read of each table: the round (sync) or version (others).
         self._read: dict[tuple[str, str], int] = {}
+        self._traffic: dict[str, list[int]] = {}  # per table: wire in, dense in, out bytes
         self._round_opened: dict[str, float] = {}  # sync: when each open round got a push
         self._waiters: dict[str, list[tuple[Callable[[], bool], asyncio.Future[None]]]] = {}
         self._lead_table: str | None = None
@@ -220,9 +222,11 @@ class ServerCore:
 
         Returns, in sync mode, the round each table's update went into (0: dropped).
         """
-        arrays = request.arrays()
-        for name, array in arrays.items():
-            self._check_same(self.store.get(name), array, "push")
+        arrays: dict[str, np.ndarray | Compressed] = dict(request.arrays())
+        for name, dense in request.arrays().items():
+            self._check_same(self.store.get(name), dense, "push")
+        for name, (meta, parts) in request.encoded_parts().items():
+            arrays[name] = self._compressed(self.store.get(name), meta, parts)
         cid = request.client_id
         loss = _number_option(request, "loss", None)
         weight = _number_option(request, "weight", 1.0)
@@ -239,7 +243,14 @@ class ServerCore:
             )
         self.dedup.record(cid, request.request_id)
         self.counters["pushes"] += 1
-        self.counters["bytes_in"] += sum(m.nbytes for m in request.tensors)
+        wire = [m.nbytes for m in request.tensors] + [
+            sum(n for _, n in m.parts) for m in request.encoded]
+        self.counters["bytes_in"] += sum(wire)
+        for name, update, nbytes in zip(arrays, arrays.values(), wire, strict=True):
+            traffic = self._traffic.setdefault(name, [0, 0, 0])
+            traffic[0] += nbytes
+            traffic[1] += self.store.get(name).data.nbytes if isinstance(update, Compressed) \
+                else nbytes
         if self.sync:
             return [(name, self._push_to_round(name, cid, array, weight))
                     for name, array in arrays.items()]
@@ -253,7 +264,26 @@ class ServerCore:
                 self._wake(name)
         return []
 
-    def _push_to_round(self, name: str, cid: str, array: np.ndarray, weight: float) -> int:
+    def _compressed(self, table: Table, meta: EncodedMeta,
+                    parts: tuple[np.ndarray, ...]) -> Compressed:
+        """A compressed push for ``table``, checked completely (``ProtocolError``)."""
+        if table.data.shape != meta.shape or table.data.dtype.name != meta.dtype:
+            raise ProtocolError(
+                "shape_mismatch",
+                f"push of {table.name!r} with {meta.dtype}{list(meta.shape)} does not match "
+                f"the table's {table.data.dtype}{list(table.data.shape)}",
+            )
+        try:
+            codec = make_codec(meta.codec)
+        except ValueError:
+            raise ProtocolError("bad_header", f"unknown codec {meta.codec!r}; known: "
+                                              f"{', '.join(CODECS)}") from None
+        encoded = Encoded(meta.codec, meta.shape, meta.dtype, parts, meta.params)
+        check_parts(codec, encoded)
+        return Compressed(codec, encoded)
+
+    def _push_to_round(self, name: str, cid: str, array: np.ndarray | Compressed,
+                       weight: float) -> int:
         # An update is based on the newest round its worker knows of: the last one it read,
         # or the one its own previous push went into.
         based_on = (max(self._read.get((name, cid), 0), self.rounds.last_round(name, cid))
@@ -279,9 +309,7 @@ class ServerCore:
 
     def _apply_closed(self, closed: list[ClosedRound[Payload]]) -> None:
         for done in closed:
-            updates = [p[0] for p in done.payloads]
-            weights = [p[1] for p in done.payloads]
-            self.store.apply(done.key, aggregate(self.rule, updates, weights))
+            self.store.apply(done.key, self._combine(done.key, done.payloads))
             self.counters["rounds"] += 1
             self._round_opened.pop(done.key, None)
             if self.rounds.open_count(done.key):
@@ -294,6 +322,23 @@ class ServerCore:
                     "round %d applied (seq %d, %d workers)",
                     done.round, self.store.seq, len(self.rounds.members),
                 )
+
+    def _combine(self, key: str, payloads: tuple[Payload, ...]) -> np.ndarray | Compressed:
+        """One round's update: by the aggregation rule, decoding compressed pushes (for the
+        mean, straight into the sum, block by block)."""
+        updates = [p[0] for p in payloads]
+        if len(updates) == 1 and self.rule.name != "weighted":
+            return updates[0]
+        if self.rule.name == "mean" and any(isinstance(u, Compressed) for u in updates):
+            total = np.zeros_like(self.store.get(key).data)
+            for update in updates:
+                if isinstance(update, Compressed):
+                    update.add_into(total, 1.0 / len(updates))
+                else:
+                    total += update * np.asarray(1.0 / len(updates), total.dtype)
+            return total
+        dense = [u.dense() if isinstance(u, Compressed) else u for u in updates]
+        return aggregate(self.rule, dense, [p[1] for p in payloads])
 
     # ------------------------------------------------------------ answering reads
 
@@ -354,6 +399,7 @@ class ServerCore:
                     "shape": list(t.data.shape),
                     "version": t.version,
                     "copies": t.copies,
+                    **self._traffic_stats(t.name),
                     "rounds": self.rounds.closed(t.name),
                     "waiting_for": list(self.rounds.pending(t.name)) if self.sync else [],
                     "optimizer": t.optimizer.spec() if t.optimizer else None,
@@ -378,12 +424,19 @@ class ServerCore:
         }
         return self._reply(request, info=info)
 
+    def _traffic_stats(self, name: str) -> dict[str, Any]:
+        wire_in, dense_in, out = self._traffic.get(name, [0, 0, 0])
+        return {"bytes_in": wire_in, "bytes_out": out,
+                "compression": round(dense_in / wire_in, 3) if wire_in else 1.0}
+
     def _reply(self, request: Request, info: dict[str, Any] | None = None) -> Reply:
         return Reply(request.request_id, info={"sid": self.server_id, **(info or {})})
 
     def _tables_reply(self, request: Request, tables: list[Table]) -> Reply:
         metas = tuple(TensorMeta.of(t.name, t.data) for t in tables)
         self.counters["bytes_out"] += sum(m.nbytes for m in metas)
+        for t in tables:
+            self._traffic.setdefault(t.name, [0, 0, 0])[2] += t.data.nbytes
         if request.client_id in self.members:  # what it now holds: its next push's base
             for t in tables:
                 self._read[(t.name, request.client_id)] = (

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from zps.codecs import Compressed
 from zps.errors import ProtocolError
 from zps.store.optimizers import Optimizer
 
@@ -48,15 +49,20 @@ class Table:
         self._readers = [r for r in self._readers if not r.done]
         self._readers.append(reader)
 
-    def apply(self, update: np.ndarray, scale: float = 1.0) -> None:
-        """``data += scale * update`` (in place unless a reader still holds the buffer)."""
+    def apply(self, update: np.ndarray | Compressed, scale: float = 1.0) -> None:
+        """``data += scale * update`` (in place unless a reader still holds the buffer).
+
+        A compressed update is decoded block by block straight into the table.
+        """
         busy = any(not r.done for r in self._readers)
         self._readers.clear()
-        if scale != 1.0:
-            update = np.multiply(update, scale, dtype=self.data.dtype)
         if busy:
             self.copies += 1
-            self.data = np.add(self.data, update, dtype=self.data.dtype)
+            self.data = self.data.copy()
+        if isinstance(update, Compressed):
+            update.add_into(self.data, scale)
+        elif scale != 1.0:
+            self.data += np.multiply(update, scale, dtype=self.data.dtype)
         else:
             np.add(self.data, update, out=self.data)
         self.version += 1
@@ -69,7 +75,7 @@ class Change:
     seq: int
     table: str
     version: int
-    update: np.ndarray
+    update: np.ndarray | Compressed
     scale: float
 
 
@@ -111,7 +117,7 @@ class Store:
         self._tables[name] = table
         return table
 
-    def apply(self, name: str, update: np.ndarray, scale: float = 1.0) -> Change:
+    def apply(self, name: str, update: np.ndarray | Compressed, scale: float = 1.0) -> Change:
         """Apply ``table += scale * update``, number it, log it and tell subscribers.
 
         For a table with a server-side optimizer, ``scale * update`` is a gradient and the
@@ -119,7 +125,8 @@ class Store:
         """
         table = self.get(name)
         if table.optimizer is not None:
-            grad = update if scale == 1.0 else np.multiply(update, scale, dtype=update.dtype)
+            dense = update.dense() if isinstance(update, Compressed) else update
+            grad = dense if scale == 1.0 else np.multiply(dense, scale, dtype=dense.dtype)
             update, scale = table.optimizer.direction(grad), 1.0
         table.apply(update, scale)
         self.seq += 1
