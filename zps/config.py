@@ -59,4 +59,11 @@ class ClientConfig:
     max_inflight: int = 16  # requests in flight per client across all servers
     heartbeat_interval: float = 1.0  # seconds between heartbeats (0 disables them)
     role: Literal["worker", "observer"] = "worker"  # observers never count in sync rounds
+    codec: str = "none"  # how pushes travel: none, fp16, int8[:BLOCK], sign[:BLOCK], topk[:RATIO]
+    error_feedback: bool = True  # lossy codecs: carry what compression dropped to the next push
+    # Delta pulls: None pulls whole tables; a codec name asks for the change since the version
+    # held, sent with that codec ("none" is exact; a lossy one is reset by a full pull every
+    # full_pull_every pulls).
+    pull_codec: str | None = None
+    full_pull_every: int = 20
     client_id: str | None = None  # stable id for a worker that restarts; random by default

@@ -22,6 +22,7 @@ from zps.cli.options import (
     run_cli,
 )
 from zps.client import Client
+from zps.codecs import make_codec
 from zps.config import ClientConfig
 from zps.errors import ConfigError, ZpsError
 from zps.jobs import JobContext, resolve_job
@@ -48,6 +49,15 @@ OPTIONS = (
     Option("retries", int, 2, "retries of a timed-out request"),
     Option("connect-timeout", positive_float, 10.0, "seconds to wait for each server's hello"),
     Option("chunk-bytes", positive_int, 4 << 20, "tables above this travel as row chunks"),
+    Option("codec", checked(make_codec), "none",
+           "how pushes travel: none, fp16, int8[:BLOCK], sign[:BLOCK] or topk[:RATIO]"),
+    Option("no-error-feedback", bool, False,
+           "lossy codecs: drop what compression lost instead of adding it to the next push"),
+    Option("pull-codec", checked(lambda s: make_codec(s) if s else None), "",
+           "delta pulls: fetch only the change since the version held, sent with this codec "
+           "(none = exact; default: pull whole tables)"),
+    Option("full-pull-every", positive_int, 20,
+           "lossy pull codecs: every Nth pull fetches whole tables (resets the error)"),
     Option("heartbeat-interval", non_negative_float, 1.0, "seconds between heartbeats"),
     Option("client-id", str, "", "stable worker id (default: random)"),
     Option("quiet", bool, False, "no progress bar"),
@@ -74,6 +84,10 @@ def load_config(
         retries=v["retries"],
         connect_timeout=v["connect_timeout"],
         chunk_bytes=v["chunk_bytes"],
+        codec=v["codec"],
+        error_feedback=not v["no_error_feedback"],
+        pull_codec=v["pull_codec"] or None,
+        full_pull_every=v["full_pull_every"],
         heartbeat_interval=v["heartbeat_interval"],
         client_id=v["client_id"] or None,
     )

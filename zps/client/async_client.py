@@ -43,6 +43,7 @@ class AsyncClient(SessionProperties):
         self._connections: list[Connection] = []
         self._limit: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._delta_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -160,6 +161,14 @@ class AsyncClient(SessionProperties):
                     arrays: Mapping[str, np.ndarray] | None = None,
                     options: dict[str, Any] | None = None) -> Arrays:
         """Send a call's messages concurrently and gather the returned values."""
+        if op in (Op.PULL, Op.PUSH_PULL) and self._session.pull_codec is not None:
+            async with self._delta_lock:  # a delta applies to the copy the previous one left
+                return await self._call_now(op, layout, names, arrays, options)
+        return await self._call_now(op, layout, names, arrays, options)
+
+    async def _call_now(self, op: Op, layout: Layout, names: list[str],
+                        arrays: Mapping[str, np.ndarray] | None,
+                        options: dict[str, Any] | None) -> Arrays:
         messages = self._session.messages(op, layout, names, arrays, options)
         out = {} if op == Op.PUSH else self._session.outputs(layout, names)
         try:
@@ -187,8 +196,8 @@ class AsyncClient(SessionProperties):
         async with self._limit:
             reply = await conn.request(
                 message.op, tensors=message.tensors, buffers=message.buffers,
-                names=message.names, options=message.options, timeout=self.config.timeout,
-                attempts=1 + self.config.retries,
+                names=message.names, options=message.options, encoded=message.encoded,
+                timeout=self.config.timeout, attempts=1 + self.config.retries,
             )
         if message.op != Op.PUSH:
-            Session.scatter(reply, message, out)
+            self._session.scatter(reply, message, out)

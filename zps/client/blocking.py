@@ -36,6 +36,7 @@ from zps.client.session import (
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ProtocolError, RejectedError, ServerUnreachable, ZpsError
 from zps.protocol import Op, Reply, Request, decode_reply_header, encode_request
+from zps.protocol.framing import frame_sizes
 from zps.transport import (
     connect,
     discard_rest,
@@ -215,10 +216,10 @@ class Client(SessionProperties):
                 index, message = queue.popleft()
                 rid = next(self._ids)
                 frames = encode_request(message.request(self.client_id, rid))
-                sinks = Session.sinks(message, out) if out else ()
+                sinks = self._session.sinks(message, out) if out else ()
                 inflight[rid] = _InFlight(index, message, frames, 0.0, attempts, sinks)
                 self._transmit(inflight[rid], timeout)
-            self._wait(inflight, replies, timeout, attempts)
+            self._wait(inflight, replies, timeout, attempts, out)
         return [r for r in replies if r is not None]
 
     def _transmit(self, entry: _InFlight, timeout: float) -> None:
@@ -228,11 +229,11 @@ class Client(SessionProperties):
             send_frames(self._servers[entry.message.server].socket, entry.frames)
 
     def _wait(self, inflight: dict[int, _InFlight], replies: list[Reply | None],
-              timeout: float, attempts: int) -> None:
+              timeout: float, attempts: int, out: Arrays | None) -> None:
         """Block until a reply arrives or a deadline passes; resend or give up on the latter."""
         wait = max(0.0, min(e.deadline for e in inflight.values()) - time.monotonic())
         for sock, _ in self._poller.poll(math.ceil(wait * 1000)):
-            self._receive(sock, inflight, replies)
+            self._receive(sock, inflight, replies, out)
         now = time.monotonic()
         for entry in list(inflight.values()):
             if entry.deadline > now:
@@ -244,7 +245,7 @@ class Client(SessionProperties):
             self._transmit(entry, timeout)
 
     def _receive(self, sock: zmq.Socket, inflight: dict[int, _InFlight],
-                 replies: list[Reply | None]) -> None:
+                 replies: list[Reply | None], out: Arrays | None) -> None:
         while readable(sock):
             try:
                 reply = decode_reply_header(recv_frame(sock))
@@ -261,9 +262,13 @@ class Client(SessionProperties):
                 continue  # the request times out and is sent again
             del inflight[reply.request_id]  # type: ignore[arg-type]
             server = self._servers[entry.message.server]
-            replies[entry.index] = check_reply(
-                Reply(reply.request_id, reply.tensors, reply.info, reply.error, buffers),
+            checked = check_reply(
+                Reply(reply.request_id, reply.tensors, reply.info, reply.error, buffers,
+                      reply.encoded),
                 entry.message.op, server.server_id, server.address)
+            if out and not entry.sinks and entry.message.op != Op.PUSH:
+                self._session.scatter(checked, entry.message, out)
+            replies[entry.index] = checked
 
 
 def _read_buffers(sock: zmq.Socket, reply: Reply,
@@ -271,20 +276,20 @@ def _read_buffers(sock: zmq.Socket, reply: Reply,
     """The array frames after a reply header: into ``sinks`` when they match the header
     exactly, else as frames. None (all frames consumed) if they disagree with the header."""
     metas = reply.tensors
-    use_sinks = len(sinks) == len(metas) and all(
+    use_sinks = not reply.encoded and len(sinks) == len(metas) and all(
         m.dtype == s.dtype.name and m.shape == s.shape for m, s in zip(metas, sinks, strict=True))
     got: list[Any] = []
-    for i, meta in enumerate(metas):
+    for i, nbytes in enumerate(frame_sizes(reply)):
         if not more_frames(sock):
             return None
         if use_sinks:
-            if recv_frame_into(sock, sinks[i]) != meta.nbytes:
+            if recv_frame_into(sock, sinks[i]) != nbytes:
                 discard_rest(sock)
                 return None
             got.append(sinks[i])
         else:
             frame = recv_frame(sock)
-            if len(frame) != meta.nbytes:
+            if len(frame) != nbytes:
                 discard_rest(sock)
                 return None
             got.append(frame)

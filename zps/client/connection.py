@@ -16,7 +16,15 @@ import zmq
 
 from zps.client.session import check_reply, first_request_id, unreachable_message
 from zps.errors import ClosedError, ProtocolError, ServerUnreachable
-from zps.protocol import Op, Reply, Request, TensorMeta, decode_reply, encode_request
+from zps.protocol import (
+    EncodedMeta,
+    Op,
+    Reply,
+    Request,
+    TensorMeta,
+    decode_reply,
+    encode_request,
+)
 from zps.transport import LoopSocket, connect
 
 log = logging.getLogger("zps.client")
@@ -51,6 +59,7 @@ class Connection:
         buffers: Sequence[Any] = (),
         names: Sequence[str] = (),
         options: dict[str, Any] | None = None,
+        encoded: Sequence[EncodedMeta] = (),
         timeout: float,
         attempts: int,
     ) -> Reply:
@@ -65,7 +74,7 @@ class Connection:
             raise ClosedError("the client is closed")
         rid = self._ids.next()
         request = Request(op, self.client_id, rid, tuple(tensors), tuple(names),
-                          options or {}, tuple(buffers))
+                          options or {}, tuple(buffers), tuple(encoded))
         frames = encode_request(request)
         loop = asyncio.get_running_loop()
         try:

@@ -16,16 +16,25 @@ from typing import Any
 import numpy as np
 
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
+from zps.codecs import (
+    Compressed,
+    Encoded,
+    ErrorFeedback,
+    add_scaled,
+    check_parts,
+    make_codec,
+)
 from zps.config import ClientConfig
 from zps.errors import (
     ConfigError,
     ConnectionLost,
+    ProtocolError,
     RejectedError,
     ShapeMismatchError,
     ZpsError,
     remote_error,
 )
-from zps.protocol import DTYPES, Op, Reply, Request, TensorMeta
+from zps.protocol import DTYPES, EncodedMeta, Op, Reply, Request, TensorMeta
 
 Arrays = dict[str, np.ndarray]
 
@@ -44,10 +53,11 @@ class Message:
     buffers: tuple[np.ndarray, ...] = ()
     names: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    encoded: tuple[EncodedMeta, ...] = ()
 
     def request(self, client_id: str, request_id: int) -> Request:
         return Request(self.op, client_id, request_id, self.tensors, self.names,
-                       self.options, self.buffers)
+                       self.options, self.buffers, self.encoded)
 
 
 def first_request_id() -> int:
@@ -76,6 +86,20 @@ class Session:
         self.client_id = self.config.client_id or f"c-{uuid.uuid4().hex[:12]}"
         self.layout: Layout | None = None
         self.hello: list[dict[str, Any]] = []  # each server's answer to hello, in order
+        try:
+            self.codec = make_codec(self.config.codec)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.feedback = (ErrorFeedback(self.codec, np)
+                         if self.config.error_feedback and not self.codec.lossless else None)
+        # Delta pulls: the copy of each part this client holds, and at which version.
+        try:
+            self.pull_codec = (make_codec(self.config.pull_codec)
+                               if self.config.pull_codec is not None else None)
+        except ValueError as exc:
+            raise ConfigError(f"pull_codec: {exc}") from None
+        self.held: dict[str, tuple[int, np.ndarray]] = {}
+        self._pulls = 0
 
     # ------------------------------------------------------------ tables
 
@@ -144,16 +168,55 @@ class Session:
                 extra.pop("loss", None)  # one loss report per server and push
             first_to.add(group[0].server)
             messages.append(self._message(op, group, arrays, extra))
+        if op in (Op.PUSH, Op.PUSH_PULL) and self.codec.name != "none":
+            messages = [self._compress(m) for m in messages]
+        if op in (Op.PULL, Op.PUSH_PULL) and self.pull_codec is not None:
+            messages = self._ask_for_deltas(messages)
         for message in messages:
             self._check_size(message)
         return messages
+
+    def _compress(self, message: Message) -> Message:
+        """The same message with each part encoded by the push codec (error feedback kept
+        per part, so a retry resends exactly what was encoded)."""
+        metas: list[EncodedMeta] = []
+        buffers: list[Any] = []
+        for part, piece in zip(message.parts, message.buffers, strict=True):
+            if self.feedback is not None:
+                encoded = self.feedback.encode(part.key, piece)
+            else:
+                encoded = self.codec.encode(np, piece)
+            metas.append(EncodedMeta(part.key, encoded.codec, encoded.params, encoded.dtype,
+                                     encoded.shape,
+                                     tuple((str(p.dtype), int(p.nbytes)) for p in encoded.parts)))
+            buffers.extend(encoded.parts)
+        return Message(message.server, message.op, message.parts, (), tuple(buffers),
+                       message.names, message.options, tuple(metas))
+
+    def _ask_for_deltas(self, messages: list[Message]) -> list[Message]:
+        """Tell each server which version of its parts this client holds, so it answers
+        with the change since then. With a lossy pull codec, every ``full_pull_every``-th
+        pull asks for the whole value instead, which resets the accumulated error."""
+        assert self.pull_codec is not None
+        self._pulls += 1
+        refresh = (not self.pull_codec.lossless
+                   and self._pulls % max(1, self.config.full_pull_every) == 0)
+        out = []
+        for message in messages:
+            have = {} if refresh else {
+                p.key: self.held[p.key][0] for p in message.parts if p.key in self.held}
+            options = {**message.options, "pull_codec": self.config.pull_codec}
+            if have:
+                options["have"] = have
+            out.append(replace(message, options=options))
+        return out
 
     def _check_size(self, message: Message) -> None:
         """Refuse, before sending, a message larger than its server accepts."""
         if message.server >= len(self.hello):
             return
         limit = self.hello[message.server].get("max_message_bytes")
-        size = sum(t.nbytes for t in message.tensors)
+        size = sum(int(b.nbytes) for b in message.buffers)
         if isinstance(limit, int) and size + HEADER_ALLOWANCE > limit:
             raise RejectedError(
                 "too_large",
@@ -208,21 +271,61 @@ class Session:
         """Fresh arrays for the values a call returns."""
         return {n: np.empty(layout.specs[n].shape, layout.specs[n].dtype) for n in names}
 
-    @staticmethod
-    def sinks(message: Message, out: Arrays) -> tuple[np.ndarray, ...]:
-        """Where each part of ``message``'s reply belongs in ``out`` (contiguous views)."""
-        return tuple(out[p.table] if p.whole else out[p.table][p.start:p.stop]
-                     for p in message.parts)
+    def sinks(self, message: Message, out: Arrays) -> tuple[np.ndarray, ...]:
+        """Where each part of ``message``'s reply belongs in ``out`` (contiguous views);
+        none for delta pulls, whose replies go through ``scatter``."""
+        if not out or self.pull_codec is not None:
+            return ()
+        return tuple(_place(out, p) for p in message.parts)
 
-    @staticmethod
-    def scatter(reply: Reply, message: Message, out: Arrays) -> None:
-        """Copy each part a reply carries into its place in the output arrays."""
-        got = reply.arrays()
+    def scatter(self, reply: Reply, message: Message, out: Arrays) -> None:
+        """Put each part a reply carries into its place in the output arrays (for a delta
+        pull, the held copy brought up to date with the change the reply carries)."""
+        if self.pull_codec is None:
+            got = reply.arrays()
+            for part in message.parts:
+                _place(out, part)[...] = got[part.key]
+            return
+        deltas = reply.info.get("delta", {})
+        versions = reply.info.get("versions", {})
+        dense = reply.dense_list()
+        whole = {m.name: a for m, a in zip(reply.tensors, dense, strict=True)
+                 if m.name not in deltas}
         for part in message.parts:
-            if part.whole:
-                out[part.table][...] = got[part.key]
+            version = versions.get(part.key)
+            if not isinstance(version, int):
+                raise ZpsError(f"the server's answer for {part.key!r} carries no version")
+            if part.key in deltas:
+                copy = self._apply_delta(part.key, deltas[part.key], dense, reply)
             else:
-                out[part.table][part.start:part.stop] = got[part.key]
+                copy = np.array(whole[part.key])
+            self.held[part.key] = (version, copy)
+            _place(out, part)[...] = copy
+
+    def _apply_delta(self, key: str, delta: Any, dense: list[np.ndarray],
+                     reply: Reply) -> np.ndarray:
+        """The held copy of ``key`` with a delta reply's steps applied in order."""
+        held = self.held.pop(key, None)
+        try:
+            base, plan = delta
+            if held is None or held[0] != base:
+                raise ZpsError(f"the server sent the change of {key!r} since version {base}, "
+                               f"but this client holds {held[0] if held else 'nothing'}; "
+                               "pull again (one pull at a time per client)")
+            encoded = reply.encoded_list()
+            copy = held[1]
+            for kind, index, scale in plan:
+                if kind == "d":
+                    add_scaled(copy, dense[index], float(scale))
+                else:
+                    meta, parts = encoded[index]
+                    enc = Encoded(meta.codec, meta.shape, meta.dtype, parts, meta.params)
+                    codec = make_codec(meta.codec)
+                    check_parts(codec, enc)
+                    add_scaled(copy, Compressed(codec, enc), float(scale))
+        except (TypeError, ValueError, IndexError, ProtocolError) as exc:
+            raise ZpsError(f"malformed delta for {key!r} from the server: {exc}") from None
+        return copy
 
 
 class SessionProperties:
@@ -280,6 +383,11 @@ def unreachable_message(address: str, op: Op, attempts: int, timeout: float) -> 
                 f"with `zps-server --bind {address}` or fix the address")
     return (f"no answer from the zps server at {address} to {op} after {attempts} tries of "
             f"{timeout:g} s; check that zps-server is running there and reachable")
+
+
+def _place(out: Arrays, part: Part) -> np.ndarray:
+    """The view of ``out`` that ``part`` fills."""
+    return out[part.table] if part.whole else out[part.table][part.start:part.stop]
 
 
 def _as_table_array(name: str, value: Any) -> np.ndarray:

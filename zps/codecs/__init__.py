@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zps.codecs.base import Codec, Compressed, Encoded, check_parts, decode
+from zps.codecs.base import Codec, Compressed, Encoded, add_scaled, check_parts, decode
 from zps.codecs.feedback import ErrorFeedback
 from zps.codecs.quantized import Int8Codec, SignCodec
 from zps.codecs.simple import Fp16Codec, NoCodec
@@ -45,6 +45,7 @@ __all__ = [
     "NoCodec",
     "SignCodec",
     "TopKCodec",
+    "add_scaled",
     "check_parts",
     "decode",
     "make_codec",

@@ -115,3 +115,14 @@ class Compressed:
 
     def dense(self) -> np.ndarray:
         return decode(self.codec, self.encoded)
+
+
+def add_scaled(out: np.ndarray, update: np.ndarray | Compressed, scale: float = 1.0) -> None:
+    """``out += scale * update`` in place, exactly as a server applies a change (a replica
+    that applies the same changes in the same order holds the same bits)."""
+    if isinstance(update, Compressed):
+        update.add_into(out, scale)
+    elif scale != 1.0:
+        out += np.multiply(update, scale, dtype=out.dtype)
+    else:
+        np.add(out, update, out=out)

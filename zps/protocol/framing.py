@@ -72,8 +72,7 @@ def encode_request(request: Request) -> list[Any]:
     if request.names:
         header["n"] = list(request.names)
     if request.encoded:
-        header["z"] = [[m.name, m.codec, m.params, m.dtype, list(m.shape),
-                        [list(p) for p in m.parts]] for m in request.encoded]
+        header["z"] = _encoded_to_wire(request.encoded)
     if request.options:
         header["o"] = request.options
     return [msgpack.packb(header), *request.buffers]
@@ -86,6 +85,8 @@ def encode_reply(reply: Reply) -> list[Any]:
         header["e"] = list(reply.error)
     if reply.tensors:
         header["t"] = [_meta_to_wire(m) for m in reply.tensors]
+    if reply.encoded:
+        header["z"] = _encoded_to_wire(reply.encoded)
     if reply.info:
         header["i"] = reply.info
     return [msgpack.packb(header), *reply.buffers]
@@ -93,6 +94,16 @@ def encode_reply(reply: Reply) -> list[Any]:
 
 def _meta_to_wire(meta: TensorMeta) -> list[Any]:
     return [meta.name, meta.dtype, list(meta.shape), meta.nbytes]
+
+
+def _encoded_to_wire(encoded: tuple[EncodedMeta, ...]) -> list[Any]:
+    return [[m.name, m.codec, m.params, m.dtype, list(m.shape), [list(p) for p in m.parts]]
+            for m in encoded]
+
+
+def frame_sizes(message: Request | Reply) -> list[int]:
+    """The byte count of each array frame ``message``'s header announces, in order."""
+    return [m.nbytes for m in message.tensors] + [n for m in message.encoded for _, n in m.parts]
 
 
 # ---------------------------------------------------------------- decoding
@@ -161,9 +172,9 @@ def _build_request(header: dict[Any, Any], buffers: Sequence[Any], limits: Limit
     if len(set(all_names)) != len(all_names):
         raise DecodeError("bad_header", "a table name appears twice in one message")
     _check_op_shape(op, tensors or encoded, names)  # type: ignore[arg-type]
-    sizes = [m.nbytes for m in tensors] + [n for m in encoded for _, n in m.parts]
-    _check_frame_sizes(sizes, buffers)
-    return Request(op, client_id, request_id, tensors, names, options, tuple(buffers), encoded)
+    request = Request(op, client_id, request_id, tensors, names, options, tuple(buffers), encoded)
+    _check_frame_sizes(frame_sizes(request), buffers)
+    return request
 
 
 def _field_encoded(header: dict[Any, Any], limits: Limits) -> tuple[EncodedMeta, ...]:
@@ -236,10 +247,7 @@ def _field_tensors(header: dict[Any, Any], limits: Limits) -> tuple[TensorMeta, 
         raise DecodeError(
             "bad_header", f"tensors 't' must be a list of at most {limits.max_tensors}"
         )
-    metas = tuple(_tensor_meta(item, limits) for item in raw)
-    if len({m.name for m in metas}) != len(metas):
-        raise DecodeError("bad_header", "a table name appears twice in one message")
-    return metas
+    return tuple(_tensor_meta(item, limits) for item in raw)
 
 
 def _tensor_meta(item: Any, limits: Limits) -> TensorMeta:
@@ -288,10 +296,6 @@ def _check_op_shape(op: Op, tensors: tuple[TensorMeta, ...], names: tuple[str, .
         raise DecodeError("bad_header", f"{op} carries no tensors and no names")
 
 
-def _check_buffers(tensors: tuple[TensorMeta, ...], buffers: Sequence[Any]) -> None:
-    _check_frame_sizes([m.nbytes for m in tensors], buffers)
-
-
 def _check_frame_sizes(sizes: list[int], buffers: Sequence[Any]) -> None:
     if len(buffers) != len(sizes):
         raise DecodeError(
@@ -311,8 +315,9 @@ def decode_reply(frames: Sequence[Any]) -> Reply:
     if not frames:
         raise ProtocolError("bad_frames", "empty reply")
     reply = decode_reply_header(frames[0])
-    _check_buffers(reply.tensors, frames[1:])
-    return Reply(reply.request_id, reply.tensors, reply.info, reply.error, tuple(frames[1:]))
+    _check_frame_sizes(frame_sizes(reply), frames[1:])
+    return Reply(reply.request_id, reply.tensors, reply.info, reply.error, tuple(frames[1:]),
+                 reply.encoded)
 
 
 def decode_reply_header(frame: Any) -> Reply:
@@ -326,6 +331,7 @@ def decode_reply_header(frame: Any) -> Reply:
         raise ProtocolError("bad_header", "reply request id 'r' must be an integer or nil")
     error = header.get("e")
     tensors = _field_tensors(header, DEFAULT_LIMITS)
+    encoded = _field_encoded(header, DEFAULT_LIMITS)
     info = header.get("i", {})
     if not isinstance(info, dict):
         raise ProtocolError("bad_header", "reply info 'i' must be a map")
@@ -334,7 +340,7 @@ def decode_reply_header(frame: Any) -> Reply:
                 and all(isinstance(part, str) for part in error)):
             raise ProtocolError("bad_header", "error 'e' must be [code, message]")
         error = (error[0], error[1])
-    return Reply(request_id, tensors, info, error)
+    return Reply(request_id, tensors, info, error, (), encoded)
 
 
 def _is_int(value: Any) -> bool:

@@ -8,6 +8,7 @@ can check every buffer before it looks at a single byte of array data.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,14 +94,8 @@ class Request:
 
     def encoded_parts(self) -> dict[str, tuple[EncodedMeta, tuple[np.ndarray, ...]]]:
         """Each compressed tensor with its parts as NumPy views on the frames."""
-        out = {}
-        at = len(self.tensors)
-        for meta in self.encoded:
-            parts = tuple(np.frombuffer(self.buffers[at + i], dtype=dtype)
-                          for i, (dtype, _) in enumerate(meta.parts))
-            at += len(meta.parts)
-            out[meta.name] = (meta, parts)
-        return out
+        return {meta.name: (meta, parts)
+                for meta, parts in encoded_views(self.tensors, self.encoded, self.buffers)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +106,8 @@ class Reply:
     tensors: tuple[TensorMeta, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     error: tuple[str, str] | None = None
-    buffers: tuple[Any, ...] = ()
+    buffers: tuple[Any, ...] = ()  # one per tensor, then each encoded tensor's parts
+    encoded: tuple[EncodedMeta, ...] = ()  # compressed tensors (delta pulls)
 
     @property
     def ok(self) -> bool:
@@ -119,7 +115,27 @@ class Reply:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The tensors as NumPy views on the received frames (no copy)."""
-        return {m.name: as_array(m, b) for m, b in zip(self.tensors, self.buffers, strict=True)}
+        return {m.name: as_array(m, b) for m, b in zip(self.tensors, self.buffers, strict=False)}
+
+    def dense_list(self) -> list[np.ndarray]:
+        """The dense tensors in frame order (a delta reply may name a table twice)."""
+        return [as_array(m, b) for m, b in zip(self.tensors, self.buffers, strict=False)]
+
+    def encoded_list(self) -> list[tuple[EncodedMeta, tuple[np.ndarray, ...]]]:
+        """The compressed tensors in frame order, parts as NumPy views on the frames."""
+        return list(encoded_views(self.tensors, self.encoded, self.buffers))
+
+
+def encoded_views(
+    tensors: tuple[TensorMeta, ...], encoded: tuple[EncodedMeta, ...], buffers: tuple[Any, ...]
+) -> Iterator[tuple[EncodedMeta, tuple[np.ndarray, ...]]]:
+    """Each compressed tensor of a message, its parts viewed on the frames after the dense
+    tensors' ones."""
+    at = len(tensors)
+    for meta in encoded:
+        yield meta, tuple(np.frombuffer(buffers[at + i], dtype=dtype)
+                          for i, (dtype, _) in enumerate(meta.parts))
+        at += len(meta.parts)
 
 
 def as_array(meta: TensorMeta, buffer: Any) -> np.ndarray:

@@ -155,8 +155,9 @@ class Server:
         for i, meta in enumerate(reply.tensors, start=1):
             if meta.nbytes >= ZERO_COPY_BYTES:
                 frame = zmq.Frame(frames[i], track=True)
-                if meta.name in self.core.store:
-                    self.core.store.get(meta.name).pin(frame.tracker)
+                table = self.core.store.get(meta.name) if meta.name in self.core.store else None
+                if table is not None and table.data is reply.buffers[i - 1]:
+                    table.pin(frame.tracker)  # a logged change (delta pull) needs no pin
                 frames[i] = frame
         try:
             self._socket.send([peer, *frames])

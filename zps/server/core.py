@@ -14,11 +14,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from zps.codecs import CODECS, Compressed, Encoded, check_parts, make_codec
+from zps.codecs import CODECS, Codec, Compressed, Encoded, add_scaled, check_parts, make_codec
 from zps.config import ServerConfig, parse_mode
 from zps.consistency import BspRounds, ClosedRound, SspClocks
 from zps.consistency.aggregate import aggregate, parse_rule
@@ -33,6 +34,7 @@ log = logging.getLogger("zps.server")
 Result = Reply | Coroutine[Any, Any, Reply]
 Payload = tuple["np.ndarray | Compressed", float]  # a pushed update and its weight
 DEPARTED_KEPT = 100  # members that left or died, listed in stats
+DELTA_CACHE = 64  # lossy delta pulls encoded once and shared by the workers asking alike
 
 
 class ServerCore:
@@ -52,7 +54,9 @@ class ServerCore:
         self.rates = Rates(config.lr_rule, config.lr_scale)
         # What each worker last read of each table: the round (sync) or version (others).
         self._read: dict[tuple[str, str], int] = {}
-        self._traffic: dict[str, list[int]] = {}  # per table: wire in, dense in, out bytes
+        # Per table: bytes in on the wire, in dense, out on the wire, out in dense.
+        self._traffic: dict[str, list[int]] = {}
+        self._delta_cache: dict[tuple[str, int, int, str], Compressed] = {}
         self._round_opened: dict[str, float] = {}  # sync: when each open round got a push
         self._waiters: dict[str, list[tuple[Callable[[], bool], asyncio.Future[None]]]] = {}
         self._lead_table: str | None = None
@@ -208,14 +212,37 @@ class ServerCore:
 
     def pull(self, request: Request) -> Result:
         tables = [self.store.get(name) for name in request.names]
+        wish = self._pull_wish(request, tables)
         self.counters["pulls"] += 1
-        return self._answer_when_readable(request, tables)
+        return self._answer_when_readable(request, tables, wish)
 
     def push_pull(self, request: Request) -> Result:
+        names = [m.name for m in request.tensors] + [m.name for m in request.encoded]
+        tables = [self.store.get(name) for name in names]
+        wish = self._pull_wish(request, tables)
         self._accept_push(request)
         self.counters["pulls"] += 1
-        tables = [self.store.get(m.name) for m in request.tensors]
-        return self._answer_when_readable(request, tables)
+        return self._answer_when_readable(request, tables, wish)
+
+    def _pull_wish(self, request: Request, tables: list[Table]) -> PullWish:
+        """A pull's options, checked: the version of each table the client already holds
+        (``have``) and the codec for the change since then (``pull_codec``)."""
+        have = request.options.get("have", {})
+        names = {t.name for t in tables}
+        if not isinstance(have, dict) or not all(
+                isinstance(k, str) and k in names and isinstance(v, int)
+                and not isinstance(v, bool) and v >= 0 for k, v in have.items()):
+            raise ProtocolError("bad_header", "option 'have' must map tables of this request "
+                                              "to the versions the client holds (ints >= 0)")
+        spec = request.options.get("pull_codec", "none")
+        try:
+            codec = make_codec(spec) if isinstance(spec, str) else None
+        except ValueError:
+            codec = None
+        if codec is None:
+            raise ProtocolError("bad_header", f"unknown pull codec {spec!r}; known: "
+                                              f"{', '.join(CODECS)}")
+        return PullWish(have, codec, spec)  # type: ignore[arg-type]
 
     def _accept_push(self, request: Request) -> list[tuple[str, int]]:
         """Validate a push completely, then apply it (async, SSP) or add it to its round.
@@ -247,7 +274,7 @@ class ServerCore:
             sum(n for _, n in m.parts) for m in request.encoded]
         self.counters["bytes_in"] += sum(wire)
         for name, update, nbytes in zip(arrays, arrays.values(), wire, strict=True):
-            traffic = self._traffic.setdefault(name, [0, 0, 0])
+            traffic = self._traffic.setdefault(name, [0, 0, 0, 0])
             traffic[0] += nbytes
             traffic[1] += self.store.get(name).data.nbytes if isinstance(update, Compressed) \
                 else nbytes
@@ -351,11 +378,12 @@ class ServerCore:
             return lambda: cid not in self.clocks.members or self.clocks.may_read(key, cid)
         return lambda: True
 
-    def _answer_when_readable(self, request: Request, tables: list[Table]) -> Result:
+    def _answer_when_readable(self, request: Request, tables: list[Table],
+                              wish: PullWish | None = None) -> Result:
         waits = [(t.name, self._readable(t.name, request.client_id)) for t in tables]
         if all(ready() for _, ready in waits):
-            return self._tables_reply(request, tables)
-        return self._when_ready(waits, lambda: self._tables_reply(request, tables))
+            return self._tables_reply(request, tables, wish)
+        return self._when_ready(waits, lambda: self._tables_reply(request, tables, wish))
 
     async def _when_ready(
         self, waits: list[tuple[str, Callable[[], bool]]], answer: Callable[[], Reply]
@@ -425,29 +453,87 @@ class ServerCore:
         return self._reply(request, info=info)
 
     def _traffic_stats(self, name: str) -> dict[str, Any]:
-        wire_in, dense_in, out = self._traffic.get(name, [0, 0, 0])
-        return {"bytes_in": wire_in, "bytes_out": out,
-                "compression": round(dense_in / wire_in, 3) if wire_in else 1.0}
+        wire_in, dense_in, wire_out, dense_out = self._traffic.get(name, [0, 0, 0, 0])
+        return {"bytes_in": wire_in, "bytes_out": wire_out,
+                "compression": round(dense_in / wire_in, 3) if wire_in else 1.0,
+                "pull_compression": round(dense_out / wire_out, 3) if wire_out else 1.0}
 
     def _reply(self, request: Request, info: dict[str, Any] | None = None) -> Reply:
         return Reply(request.request_id, info={"sid": self.server_id, **(info or {})})
 
-    def _tables_reply(self, request: Request, tables: list[Table]) -> Reply:
-        metas = tuple(TensorMeta.of(t.name, t.data) for t in tables)
-        self.counters["bytes_out"] += sum(m.nbytes for m in metas)
+    def _tables_reply(self, request: Request, tables: list[Table],
+                      wish: PullWish | None = None) -> Reply:
+        """The tables' values, or for a delta pull the change since the version the client
+        holds (``info["delta"]`` says, per table, the base version and the steps that turn
+        it into the current value; a table missing there is sent whole)."""
+        dense: list[tuple[TensorMeta, np.ndarray]] = []
+        encoded: list[tuple[EncodedMeta, Encoded]] = []
+        deltas: dict[str, list[Any]] = {}
         for t in tables:
-            self._traffic.setdefault(t.name, [0, 0, 0])[2] += t.data.nbytes
+            steps = self._delta(t, wish) if wish and t.name in wish.have else None
+            if steps is None:
+                dense.append((TensorMeta.of(t.name, t.data), t.data))
+                sent = t.data.nbytes
+            else:
+                plan, sent = [], 0
+                for update, scale in steps:
+                    if isinstance(update, Compressed):
+                        enc = update.encoded
+                        encoded.append((_encoded_meta(t.name, enc), enc))
+                        plan.append(["z", len(encoded) - 1, scale])
+                        sent += enc.nbytes
+                    else:
+                        dense.append((TensorMeta.of(t.name, update), update))
+                        plan.append(["d", len(dense) - 1, scale])
+                        sent += update.nbytes
+                deltas[t.name] = [wish.have[t.name], plan]  # type: ignore[union-attr]
+            self.counters["bytes_out"] += sent
+            traffic = self._traffic.setdefault(t.name, [0, 0, 0, 0])
+            traffic[2] += sent
+            traffic[3] += t.data.nbytes
         if request.client_id in self.members:  # what it now holds: its next push's base
             for t in tables:
                 self._read[(t.name, request.client_id)] = (
                     self.rounds.closed(t.name) if self.sync else t.version)
-        versions = {t.name: t.version for t in tables}
+        info: dict[str, Any] = {"sid": self.server_id,
+                                "versions": {t.name: t.version for t in tables}}
+        if deltas:
+            info["delta"] = deltas
         return Reply(
             request.request_id,
-            tensors=metas,
-            info={"sid": self.server_id, "versions": versions},
-            buffers=tuple(t.data for t in tables),
+            tensors=tuple(m for m, _ in dense),
+            info=info,
+            buffers=(*(a for _, a in dense), *(p for _, e in encoded for p in e.parts)),
+            encoded=tuple(m for m, _ in encoded),
         )
+
+    def _delta(self, table: Table, wish: PullWish) -> list[tuple[Any, float]] | None:
+        """What turns the client's version of ``table`` into the current one, as a list of
+        (update, scale) steps, or None when sending the whole table is better (the log no
+        longer reaches back, or the change would not be smaller)."""
+        base = wish.have[table.name]
+        if base == table.version:
+            return []
+        changes = self.store.table_changes(table.name, base)
+        if changes is None:
+            return None
+        full = table.data.nbytes
+        exact = [(c.update, c.scale) for c in changes]
+        exact_bytes = sum(c.update.nbytes for c in changes)
+        if wish.codec.lossless or (len(changes) == 1 and isinstance(changes[0].update,
+                                                                    Compressed)):
+            return exact if exact_bytes < full else None  # replayed bit for bit
+        key = (table.name, base, table.version, wish.spec)
+        cached = self._delta_cache.get(key)
+        if cached is None:
+            total = np.zeros_like(table.data)
+            for update, scale in exact:
+                add_scaled(total, update, scale)
+            cached = Compressed(wish.codec, wish.codec.encode(np, total))
+            if len(self._delta_cache) >= DELTA_CACHE:
+                self._delta_cache.clear()
+            self._delta_cache[key] = cached
+        return [(cached, 1.0)] if cached.nbytes < full else None
 
     def cancel_waiters(self) -> None:
         """Fail every pull still waiting (the server is shutting down)."""
@@ -458,6 +544,21 @@ class ServerCore:
                         ProtocolError("shutting_down", "the server is shutting down")
                     )
         self._waiters.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class PullWish:
+    """What a pull asks for beyond the tables: the versions the client holds, and the
+    codec for the change since then."""
+
+    have: dict[str, int]
+    codec: Codec
+    spec: str  # the codec as named in the request (cache key)
+
+
+def _encoded_meta(name: str, enc: Encoded) -> EncodedMeta:
+    return EncodedMeta(name, enc.codec, enc.params, enc.dtype, enc.shape,
+                       tuple((p.dtype.name, int(p.nbytes)) for p in enc.parts))
 
 
 def _number_option(request: Request, key: str, default: float | None) -> float | None:

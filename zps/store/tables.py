@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from zps.codecs import Compressed
+from zps.codecs import Compressed, add_scaled
 from zps.errors import ProtocolError
 from zps.store.optimizers import Optimizer
 
@@ -59,12 +59,7 @@ class Table:
         if busy:
             self.copies += 1
             self.data = self.data.copy()
-        if isinstance(update, Compressed):
-            update.add_into(self.data, scale)
-        elif scale != 1.0:
-            self.data += np.multiply(update, scale, dtype=self.data.dtype)
-        else:
-            np.add(self.data, update, out=self.data)
+        add_scaled(self.data, update, scale)
         self.version += 1
 
 
@@ -148,6 +143,25 @@ class Store:
         if not self._log or self._log[0].seq > seq + 1:
             return None
         return [c for c in self._log if c.seq > seq]
+
+    def table_changes(self, name: str, since: int) -> list[Change] | None:
+        """The logged changes of table ``name`` after its version ``since``, oldest first;
+        None when the log no longer reaches back that far (or ``since`` is not a version
+        this table had)."""
+        version = self.get(name).version
+        if not 0 <= since <= version:
+            return None
+        wanted = version - since
+        found: list[Change] = []
+        for change in reversed(self._log):
+            if len(found) == wanted:
+                break
+            if change.table == name:
+                found.append(change)
+        if len(found) != wanted:
+            return None
+        found.reverse()
+        return found
 
     def _append(self, change: Change) -> None:
         self._log.append(change)
