@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="sync", help="sync, async or ssp:K")
     parser.add_argument("--server-args", default="",
                         help="more zps-server flags, e.g. '--quorum 3 --aggregate median'")
+    parser.add_argument("--worker-args", default="",
+                        help="more zps-worker flags, e.g. '--codec int8 --pull-codec int8'")
     parser.add_argument("--slow", type=float, default=0.0,
                         help="make worker 0 a straggler: extra seconds per step")
     parser.add_argument("--job", default="digits-mlp")
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--job", args.job, "--worker-index", str(index),
                 "--num-workers", str(args.workers), "--epochs", str(args.epochs),
                 "--metrics-out", str(out / f"worker{index}.json"), *extra,
+                *args.worker_args.split(),
             ])
         codes = cluster.wait_workers(timeout=600)
     if any(codes):
