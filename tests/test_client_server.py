@@ -249,7 +249,7 @@ def test_stats_reports_members_and_counters(start_server) -> None:
         ps.init({"w": np.zeros(2)})
         ps.push_pull({"w": np.ones(2)})
         stats = ps.stats()[0]
-    assert stats["mode"] == "sync" and stats["seq"] == 1
+    assert stats["mode"] == "sync" and stats["seq"] == 2  # the create and one round
     assert stats["counters"]["pushes"] == 1 and stats["counters"]["rounds"] == 1
     assert [m["role"] for m in stats["members"]] == ["worker"]
     assert stats["tables"][0]["version"] == 1

@@ -24,9 +24,14 @@ def test_apply_numbers_changes_and_bumps_versions() -> None:
     c1 = store.apply("w", np.ones(3, np.float32))
     c2 = store.apply("w", np.ones(3, np.float32), scale=0.5)
     np.testing.assert_array_equal(store.get("w").data, [1.5, 1.5, 1.5])
-    assert (c1.seq, c2.seq, store.seq) == (1, 2, 2)
+    assert (c1.seq, c2.seq, store.seq) == (2, 3, 3)  # the create was change 1
     assert store.get("w").version == 2 and seen == [c1, c2]
-    assert store.changes_since(0) == [c1, c2] and store.changes_since(2) == []
+    assert store.changes_since(1) == [c1, c2] and store.changes_since(3) == []
+    store.create("v", np.ones(2))
+    created = seen[-1]
+    assert (created.kind, created.seq, created.table, store.seq) == ("create", 4, "v", 4)
+    store.get("v").data += 1  # subscribers keep the initial value, not the live table
+    np.testing.assert_array_equal(created.update, [1, 1])
 
 
 def test_create_copies_the_initial_value() -> None:
@@ -63,7 +68,7 @@ def test_change_log_is_bounded() -> None:
     for _ in range(5):
         store.apply("w", np.ones(1))
     assert store.changes_since(0) is None  # the log no longer reaches back
-    assert [c.seq for c in store.changes_since(2) or []] == [3, 4, 5]
+    assert [c.seq for c in store.changes_since(3) or []] == [4, 5, 6]
 
 
 def test_dedup_window() -> None:

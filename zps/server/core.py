@@ -32,7 +32,8 @@ from zps.store import DedupWindow, Store, Table, make_optimizer
 log = logging.getLogger("zps.server")
 
 Result = Reply | Coroutine[Any, Any, Reply]
-Payload = tuple["np.ndarray | Compressed", float]  # a pushed update and its weight
+# A pushed update, its weight and its request id.
+Payload = tuple["np.ndarray | Compressed", float, int]
 DEPARTED_KEPT = 100  # members that left or died, listed in stats
 DELTA_CACHE = 64  # lossy delta pulls encoded once and shared by the workers asking alike
 
@@ -259,8 +260,12 @@ class ServerCore:
         weight = _number_option(request, "weight", 1.0)
         if weight is None or weight < 0:
             raise ProtocolError("bad_header", "option 'weight' must be >= 0")
-        if self.dedup.seen(cid, request.request_id):
-            self.counters["duplicates"] += 1  # a retry of an applied push: nothing to do
+        rid = request.request_id
+        # A retry of an applied push changes nothing (per table: a failover may have lost
+        # the part of a push whose sync round had not closed yet).
+        fresh = {n: a for n, a in arrays.items() if not self.dedup.seen((cid, n), rid)}
+        if not fresh:
+            self.counters["duplicates"] += 1
             return []
         if self.kind != "async" and cid not in self.rounds.members:
             raise ProtocolError(
@@ -268,7 +273,8 @@ class ServerCore:
                 f"client {cid} is not a registered worker of this {self.config.mode} job: "
                 "send hello with role 'worker' first (it may have been declared dead)",
             )
-        self.dedup.record(cid, request.request_id)
+        for name in fresh:
+            self.dedup.record((cid, name), rid)
         self.counters["pushes"] += 1
         wire = [m.nbytes for m in request.tensors] + [
             sum(n for _, n in m.parts) for m in request.encoded]
@@ -279,13 +285,13 @@ class ServerCore:
             traffic[1] += self.store.get(name).data.nbytes if isinstance(update, Compressed) \
                 else nbytes
         if self.sync:
-            return [(name, self._push_to_round(name, cid, array, weight))
-                    for name, array in arrays.items()]
+            return [(name, self._push_to_round(name, cid, (array, weight, rid)))
+                    for name, array in fresh.items()]
         self.rates.observe(cid, loss)
-        for name, array in arrays.items():
+        for name, array in fresh.items():
             table = self.store.get(name)
             staleness = table.version - self._read.get((name, cid), table.version)
-            self.store.apply(name, array, self.rates.eta(cid, staleness))
+            self.store.apply(name, array, self.rates.eta(cid, staleness), ((cid, rid),))
             if self.kind == "ssp":
                 self.clocks.tick(name, cid)
                 self._wake(name)
@@ -309,13 +315,12 @@ class ServerCore:
         check_parts(codec, encoded)
         return Compressed(codec, encoded)
 
-    def _push_to_round(self, name: str, cid: str, array: np.ndarray | Compressed,
-                       weight: float) -> int:
+    def _push_to_round(self, name: str, cid: str, payload: Payload) -> int:
         # An update is based on the newest round its worker knows of: the last one it read,
         # or the one its own previous push went into.
         based_on = (max(self._read.get((name, cid), 0), self.rounds.last_round(name, cid))
                     if self._rounds_may_skip else None)
-        target, closed = self.rounds.push(name, cid, (array, weight), based_on)
+        target, closed = self.rounds.push(name, cid, payload, based_on)
         if target == 0:
             self.counters["dropped"] += 1
         self._apply_closed(closed)
@@ -336,7 +341,9 @@ class ServerCore:
 
     def _apply_closed(self, closed: list[ClosedRound[Payload]]) -> None:
         for done in closed:
-            self.store.apply(done.key, self._combine(done.key, done.payloads))
+            requests = tuple((m, p[2]) for m, p in zip(done.members, done.payloads,
+                                                         strict=True))
+            self.store.apply(done.key, self._combine(done.key, done.payloads), 1.0, requests)
             self.counters["rounds"] += 1
             self._round_opened.pop(done.key, None)
             if self.rounds.open_count(done.key):

@@ -1,8 +1,13 @@
-"""Remember which (client id, request id) pairs were applied, so a retry is applied once."""
+"""Remember which requests were applied, so a retry is applied once.
+
+Keys are (client id, table): a push to several tables may be applied table by table (sync
+rounds close per table), and a replica learns of each table's part separately.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 
 
 class DedupWindow:
@@ -13,16 +18,16 @@ class DedupWindow:
     """
 
     def __init__(self, per_client: int = 4096, max_clients: int = 65536) -> None:
-        self._seen: OrderedDict[str, OrderedDict[int, None]] = OrderedDict()
+        self._seen: OrderedDict[Hashable, OrderedDict[int, None]] = OrderedDict()
         self._per_client = per_client
         self._max_clients = max_clients
 
-    def seen(self, client_id: str, request_id: int) -> bool:
+    def seen(self, client_id: Hashable, request_id: int) -> bool:
         """True if this request was already recorded."""
         ids = self._seen.get(client_id)
         return ids is not None and request_id in ids
 
-    def record(self, client_id: str, request_id: int) -> None:
+    def record(self, client_id: Hashable, request_id: int) -> None:
         """Remember that this request changed state."""
         ids = self._seen.get(client_id)
         if ids is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,15 +63,29 @@ class Table:
         self.version += 1
 
 
+Requests = tuple[tuple[str, int], ...]  # (client id, request id) of the pushes in a change
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One applied change: ``table += scale * update``, numbered ``seq`` server-wide."""
+    """One numbered change: a table created, or ``table += scale * update`` applied.
+
+    ``given`` and ``given_scale`` are what ``Store.apply`` was called with (for a table with
+    a server-side optimizer, the gradient; ``update`` is then the optimizer's step), so a
+    replica that applies ``given`` to the same state computes the same bits. ``requests``
+    are the pushes the change carries, for deduplication on a replica.
+    """
 
     seq: int
     table: str
     version: int
     update: np.ndarray | Compressed
     scale: float
+    given: np.ndarray | Compressed
+    given_scale: float
+    requests: Requests = ()
+    kind: str = "apply"  # or "create": update is the initial value
+    optimizer: dict[str, Any] | None = None  # create: the table's optimizer settings
 
 
 class Store:
@@ -107,25 +121,36 @@ class Store:
             ) from None
 
     def create(self, name: str, initial: np.ndarray, optimizer: Optimizer | None = None) -> Table:
-        """Create table ``name`` holding a private copy of ``initial``."""
+        """Create table ``name`` holding a private copy of ``initial`` (a numbered change,
+        not kept in the log: its value is the table's until the first apply)."""
         table = Table(name, np.array(initial, copy=True, order="C"), optimizer)
         self._tables[name] = table
+        self.seq += 1
+        if self._subscribers:
+            first = table.data.copy()  # the table changes in place; subscribers may keep this
+            change = Change(self.seq, name, 0, first, 0.0, first, 0.0, (), "create",
+                            optimizer.spec() if optimizer else None)
+            for notify in self._subscribers:
+                notify(change)
         return table
 
-    def apply(self, name: str, update: np.ndarray | Compressed, scale: float = 1.0) -> Change:
+    def apply(self, name: str, update: np.ndarray | Compressed, scale: float = 1.0,
+              requests: Requests = ()) -> Change:
         """Apply ``table += scale * update``, number it, log it and tell subscribers.
 
         For a table with a server-side optimizer, ``scale * update`` is a gradient and the
         optimizer's step is what gets added (and logged).
         """
         table = self.get(name)
+        given, given_scale = update, scale
         if table.optimizer is not None:
             dense = update.dense() if isinstance(update, Compressed) else update
             grad = dense if scale == 1.0 else np.multiply(dense, scale, dtype=dense.dtype)
             update, scale = table.optimizer.direction(grad), 1.0
         table.apply(update, scale)
         self.seq += 1
-        change = Change(self.seq, name, table.version, update, scale)
+        change = Change(self.seq, name, table.version, update, scale, given, given_scale,
+                        requests)
         self._append(change)
         for notify in self._subscribers:
             notify(change)
