@@ -46,6 +46,23 @@ class ServerConfig:
     rcvhwm: int = 10_000
     log_entries: int = 1024
     log_bytes: int = 256 << 20
+    # Replication: a primary publishes every change on a PUB socket (pub_bind; by default
+    # the host of bind on a free port); a server started with standby_of mirrors that
+    # primary and takes over when its heartbeats (every repl_interval) stop for
+    # repl_interval x repl_liveness. With replication "sync" and a standby attached, an
+    # update is acknowledged only once the standby holds it.
+    standby_of: str = ""
+    replication: Literal["async", "sync"] = "sync"
+    pub_bind: str = ""
+    repl_interval: float = 0.1
+    repl_liveness: int = 5
+    inject_pub_drops: int = 0  # testing: the publisher skips every Nth change
+    # Checkpoints: written atomically to checkpoint_dir every checkpoint_every seconds
+    # (0: only on shutdown) or every checkpoint_rounds sync rounds; restore resumes one.
+    checkpoint_dir: str = ""
+    checkpoint_every: float = 0.0
+    checkpoint_rounds: int = 0
+    restore: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +84,6 @@ class ClientConfig:
     pull_codec: str | None = None
     full_pull_every: int = 20
     client_id: str | None = None  # stable id for a worker that restarts; random by default
+    # Hot standbys, one per server in the same order ("" for a server without one): the
+    # client switches to a standby when it takes over from its primary.
+    standbys: tuple[str, ...] = ()

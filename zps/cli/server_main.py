@@ -62,6 +62,26 @@ OPTIONS = (
     Option("log-level", str, "info", "logging level",
            choices=("debug", "info", "warning", "error")),
     Option("ready-file", str, "", "write the bound address to this file once listening"),
+    Option("standby-of", str, "",
+           "run as the hot standby of this primary (tcp://HOST:PORT): mirror its tables and "
+           "take over when it stops"),
+    Option("replication", str, "sync",
+           "sync: acknowledge an update once the standby holds it (nothing acknowledged is "
+           "lost); async: once applied here (the standby trails by the lag)",
+           choices=("sync", "async")),
+    Option("pub-bind", str, "",
+           "endpoint of the change stream standbys subscribe to (default: the host of "
+           "--bind, any free port)"),
+    Option("repl-interval", positive_float, 0.1, "seconds between the primary's heartbeats"),
+    Option("repl-liveness", positive_int, 5,
+           "heartbeats missed before a standby takes over (interval x liveness)"),
+    Option("checkpoint-dir", str, "", "write checkpoints to this folder (and one at shutdown)"),
+    Option("checkpoint-every", non_negative_float, 0.0,
+           "seconds between checkpoints (0: only at shutdown, unless --checkpoint-rounds)"),
+    Option("checkpoint-rounds", int, 0, "sync: a checkpoint every N rounds (0: never)"),
+    Option("restore", str, "", "resume from the newest checkpoint in this folder"),
+    Option("inject-pub-drops", int, 0,
+           "testing only: drop every Nth published change (the standby must repair it)"),
 )
 
 
@@ -89,12 +109,29 @@ def load_config(
         liveness=values["liveness"],
         log_every_rounds=values["log_every"],
         limits=Limits(max_message_bytes=values["max_message_bytes"]),
+        standby_of=values["standby_of"],
+        replication=values["replication"],
+        pub_bind=values["pub_bind"],
+        repl_interval=values["repl_interval"],
+        repl_liveness=values["repl_liveness"],
+        checkpoint_dir=values["checkpoint_dir"],
+        checkpoint_every=values["checkpoint_every"],
+        checkpoint_rounds=values["checkpoint_rounds"],
+        restore=values["restore"],
+        inject_pub_drops=values["inject_pub_drops"],
     )
+    if config.standby_of and not config.standby_of.startswith(("tcp://", "ipc://")):
+        raise UsageError(f"--standby-of {config.standby_of!r} must look like tcp://HOST:PORT")
+    if config.standby_of and config.restore:
+        raise UsageError("--standby-of and --restore exclude each other: a standby copies "
+                         "its primary's state")
+    if min(config.checkpoint_rounds, config.inject_pub_drops) < 0:
+        raise UsageError("--checkpoint-rounds and --inject-pub-drops must be >= 0")
     return config, values
 
 
-async def serve(config: ServerConfig, ready_file: str = "") -> None:
-    """Serve until SIGTERM/SIGINT, then shut down cleanly."""
+async def serve(config: ServerConfig, ready_file: str = "") -> int:
+    """Serve until SIGTERM/SIGINT, then shut down cleanly; the exit status."""
     loop = asyncio.get_running_loop()
     try:
         server = Server(config)
@@ -111,6 +148,10 @@ async def serve(config: ServerConfig, ready_file: str = "") -> None:
             raise UsageError(f"cannot write --ready-file {ready_file}: {exc.strerror}") from None
     await server.serve()
     await server.close()
+    if server.failed:
+        print(f"zps-server: error: {server.failed}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -127,8 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=str(values["log_level"]).upper(), stream=sys.stderr,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
-        run(serve(config, str(values["ready_file"])))
-        return 0
+        return run(serve(config, str(values["ready_file"])))
 
     run_cli("zps-server", _main)
 

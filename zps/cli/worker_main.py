@@ -49,6 +49,9 @@ OPTIONS = (
     Option("retries", int, 2, "retries of a timed-out request"),
     Option("connect-timeout", positive_float, 10.0, "seconds to wait for each server's hello"),
     Option("chunk-bytes", positive_int, 4 << 20, "tables above this travel as row chunks"),
+    Option("standbys", str, "",
+           "hot standbys, one per server in the same order (comma-separated; leave an entry "
+           "empty for a server without one): the worker switches when one takes over"),
     Option("codec", checked(make_codec), "none",
            "how pushes travel: none, fp16, int8[:BLOCK], sign[:BLOCK] or topk[:RATIO]"),
     Option("no-error-feedback", bool, False,
@@ -90,6 +93,7 @@ def load_config(
         full_pull_every=v["full_pull_every"],
         heartbeat_interval=v["heartbeat_interval"],
         client_id=v["client_id"] or None,
+        standbys=tuple(a.strip() for a in v["standbys"].split(",")) if v["standbys"] else (),
     )
     ctx = JobContext(
         slow=v["slow"],

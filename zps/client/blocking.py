@@ -35,7 +35,14 @@ from zps.client.session import (
 )
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ProtocolError, RejectedError, ServerUnreachable, ZpsError
-from zps.protocol import Op, Reply, Request, decode_reply_header, encode_request
+from zps.protocol import (
+    Op,
+    Reply,
+    Request,
+    decode_reply,
+    decode_reply_header,
+    encode_request,
+)
 from zps.protocol.framing import frame_sizes
 from zps.transport import (
     connect,
@@ -52,9 +59,21 @@ log = logging.getLogger("zps.client")
 
 @dataclass(slots=True)
 class _Server:
+    """One shard: the server requests go to, and its hot standby if it has one."""
+
     address: str
     socket: zmq.Socket
     server_id: str | None = None
+    alt_address: str = ""
+    alt_socket: zmq.Socket | None = None
+    epoch: int = 0  # the newest epoch seen for this shard: older answers are ignored
+
+    def switch(self) -> None:
+        """Send to the other server of the shard from now on."""
+        assert self.alt_socket is not None
+        self.address, self.alt_address = self.alt_address, self.address
+        self.socket, self.alt_socket = self.alt_socket, self.socket
+        self.server_id = None  # learnt again from its hello
 
 
 @dataclass(slots=True)
@@ -95,20 +114,34 @@ class Client(SessionProperties):
         self._servers: list[_Server] = []
         self._heartbeats: _Heartbeats | None = None
         self._closed = False
+        self._watches: dict[int, int] = {}  # request id of a WATCH -> shard
+        standbys = self._session.standbys
         try:
-            for address in self._session.servers:
-                sock = self._context.socket(zmq.DEALER)
-                self._servers.append(_Server(address, sock))
-                sock.setsockopt(zmq.LINGER, 0)
-                connect(sock, address)
-                self._poller.register(sock, zmq.POLLIN)
-            self._hello()
+            for i, address in enumerate(self._session.servers):
+                server = _Server(address, self._dealer(address))
+                if standbys[i]:
+                    server.alt_address, server.alt_socket = standbys[i], self._dealer(
+                        standbys[i])
+                self._servers.append(server)
+            self._hello(first=True)
         except BaseException:
             self._close_sockets()
             raise
         if self.config.heartbeat_interval > 0:
-            self._heartbeats = _Heartbeats(self._session.servers, self.client_id,
-                                           self.config.heartbeat_interval)
+            self._heartbeats = _Heartbeats(
+                [*self._session.servers, *(a for a in standbys if a)], self.client_id,
+                self.config.heartbeat_interval)
+
+    def _dealer(self, address: str) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            connect(sock, address)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self._poller.register(sock, zmq.POLLIN)
+        return sock
 
     def __enter__(self) -> Client:
         return self
@@ -168,15 +201,69 @@ class Client(SessionProperties):
         self._closed = True
         for server in self._servers:
             server.socket.close(linger=0)
+            if server.alt_socket is not None:
+                server.alt_socket.close(linger=0)
         self._context.term()
 
-    def _hello(self) -> None:
+    def _hello(self, first: bool = False) -> None:
+        """Register with the primary of every shard (asking a shard's standby too, and
+        taking whichever says it is the primary with the newest epoch), then watch each
+        standby so a takeover is known the moment it happens."""
+        if first and any(s.alt_socket is not None for s in self._servers):
+            self._find_primaries()
         role = {"role": self.config.role}
         hellos = [Message(i, Op.HELLO, (), options=role) for i in range(len(self._servers))]
         replies = self._exchange(hellos, self.config.connect_timeout, 1)
         for server, reply in zip(self._servers, replies, strict=True):
             server.server_id = reply.info["sid"]
+            server.epoch = max(server.epoch, int(reply.info.get("epoch", 0)))
         self._session.hello = [r.info for r in replies]
+        for i, server in enumerate(self._servers):
+            if server.alt_socket is not None and i not in self._watches.values():
+                rid = next(self._ids)
+                self._watches[rid] = i
+                send_frames(server.alt_socket,
+                            encode_request(Request(Op.WATCH, self.client_id, rid)))
+
+    def _find_primaries(self) -> None:
+        """Point each shard with a standby at whichever of its two servers is primary."""
+        asked: dict[tuple[zmq.Socket, int], tuple[int, bool]] = {}
+        for i, server in enumerate(self._servers):
+            for alt, sock in ((False, server.socket), (True, server.alt_socket)):
+                if sock is not None:
+                    rid = next(self._ids)
+                    asked[(sock, rid)] = (i, alt)
+                    send_frames(sock, encode_request(Request(
+                        Op.HELLO, self.client_id, rid, options={"role": self.config.role})))
+        best: dict[int, tuple[int, bool]] = {}  # shard -> (epoch, on the alternate)
+        deadline = time.monotonic() + self.config.connect_timeout
+        settle: float | None = None  # once every shard has a primary, wait a little more
+        while asked and time.monotonic() < (settle or deadline):
+            wait = (settle or deadline) - time.monotonic()
+            for sock, _ in self._poller.poll(max(1, math.ceil(wait * 1000))):
+                while readable(sock):
+                    try:
+                        reply = decode_reply(sock.recv_multipart())
+                    except ProtocolError:
+                        continue
+                    key = (sock, reply.request_id or 0)
+                    if key not in asked:
+                        continue
+                    i, alt = asked.pop(key)
+                    info = reply.info
+                    if reply.ok and info.get("role") == "primary":
+                        epoch = int(info.get("epoch", 0))
+                        if i not in best or epoch > best[i][0]:
+                            best[i] = (epoch, alt)
+            if settle is None and len(best) == len(self._servers):
+                settle = min(deadline, time.monotonic() + 0.5)
+        for i, (epoch, alt) in best.items():
+            server = self._servers[i]
+            if alt:
+                log.warning("server %s is not the primary of its shard; using %s (epoch %d)",
+                            server.address, server.alt_address, epoch)
+                server.switch()
+            server.epoch = max(server.epoch, epoch)
 
     def _to_each(self, op: Op) -> list[Message]:
         return [Message(i, op, ()) for i in range(len(self._servers))]
@@ -244,6 +331,28 @@ class Client(SessionProperties):
                     unreachable_message(address, entry.message.op, attempts, timeout))
             self._transmit(entry, timeout)
 
+    def _failover(self, index: int, info: dict[str, Any],
+                  inflight: dict[int, _InFlight]) -> None:
+        """Shard ``index``'s standby has taken over: send there from now on, resending what
+        is in flight (same request ids: the dedup state came with the replication)."""
+        server = self._servers[index]
+        epoch = int(info.get("epoch", 0))
+        if epoch <= server.epoch or server.alt_socket is None:
+            return
+        log.warning("zps server %s took over from %s (epoch %d); switching",
+                    server.alt_address, server.address, epoch)
+        server.switch()
+        server.epoch = epoch
+        for entry in inflight.values():
+            if entry.message.server == index:
+                entry.attempts_left += 1
+                self._transmit(entry, self.config.timeout)
+        # Watch the old primary too: restarted as the new standby, it may take over later.
+        rid = next(self._ids)
+        self._watches[rid] = index
+        assert server.alt_socket is not None
+        send_frames(server.alt_socket, encode_request(Request(Op.WATCH, self.client_id, rid)))
+
     def _receive(self, sock: zmq.Socket, inflight: dict[int, _InFlight],
                  replies: list[Reply | None], out: Arrays | None) -> None:
         while readable(sock):
@@ -255,13 +364,22 @@ class Client(SessionProperties):
                 continue
             entry = inflight.get(reply.request_id) if reply.request_id is not None else None
             buffers = _read_buffers(sock, reply, entry.sinks if entry else ())
+            watched = self._watches.pop(reply.request_id or 0, None)
+            if watched is not None and reply.ok:
+                self._failover(watched, reply.info, inflight)
+                continue
             if entry is None:
                 continue  # a late answer to an attempt already answered or abandoned
             if buffers is None:
                 log.warning("dropped a reply whose arrays do not match its header")
                 continue  # the request times out and is sent again
-            del inflight[reply.request_id]  # type: ignore[arg-type]
             server = self._servers[entry.message.server]
+            epoch = reply.info.get("epoch", server.epoch)
+            if sock is not server.socket or (isinstance(epoch, int) and epoch < server.epoch):
+                continue  # from a server this client has left, or a deposed primary
+            if reply.error is not None and reply.error[0] == "not_primary":
+                continue  # the standby has not taken over yet: the retry goes on
+            del inflight[reply.request_id]  # type: ignore[arg-type]
             checked = check_reply(
                 Reply(reply.request_id, reply.tensors, reply.info, reply.error, buffers,
                       reply.encoded),

@@ -99,6 +99,11 @@ class Session:
         except ValueError as exc:
             raise ConfigError(f"pull_codec: {exc}") from None
         self.held: dict[str, tuple[int, np.ndarray]] = {}
+        standbys = list(self.config.standbys)
+        if standbys and len(standbys) != len(self.servers):
+            raise ConfigError(f"give one standby per server ({len(self.servers)}), in the "
+                              f"same order, '' for a server without one; got {len(standbys)}")
+        self.standbys = standbys or [""] * len(self.servers)
         self._pulls = 0
 
     # ------------------------------------------------------------ tables

@@ -101,6 +101,11 @@ class BspRounds(Generic[P]):
             return []
         return [self._close(key, rounds), *self._close_ready(key)]
 
+    def set_closed(self, key: str, rounds_closed: int) -> None:
+        """Start ``key`` at ``rounds_closed`` closed rounds with nothing open (a standby
+        taking over, or a restored checkpoint, resumes the round count)."""
+        self._keys[key] = _KeyRounds(closed=rounds_closed)
+
     def closed(self, key: str) -> int:
         """How many rounds of ``key`` have closed."""
         rounds = self._keys.get(key)

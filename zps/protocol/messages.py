@@ -35,6 +35,10 @@ class Op(enum.StrEnum):
     HEARTBEAT = "heartbeat"
     STATS = "stats"
     BYE = "bye"
+    # Replication and failover.
+    SNAPSHOT = "snapshot"  # a standby asks its primary for a consistent copy of everything
+    ACK = "ack"  # a standby tells its primary the sequence number it holds
+    WATCH = "watch"  # a client asks a standby to answer once it has taken over
 
 
 # Ops whose message carries tensors, and ops that carry names only.

@@ -20,6 +20,7 @@ from zps.config import ServerConfig
 from zps.errors import ProtocolError
 from zps.protocol import DecodeError, Reply, decode_request, encode_reply
 from zps.server.core import ServerCore
+from zps.server.replication import Follower, Publisher
 from zps.transport import ZERO_COPY_BYTES, LoopSocket
 
 log = logging.getLogger("zps.server")
@@ -45,6 +46,9 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replies: set[asyncio.Task[Any]] = set()  # replies waiting for a round
         self._closed = asyncio.Event()
+        self._publisher: Publisher | None = None
+        self._follower: Follower | None = None
+        self.failed = ""  # why the server stopped on its own (empty: it did not)
         self.address = ""
 
     async def __aenter__(self) -> Server:
@@ -71,10 +75,71 @@ class Server:
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._socket = LoopSocket(sock, self._dispatch)
         self._own(self._reap_loop())
-        log.info(
-            "zps-server %s listening on %s (mode %s, waiting for %d workers)",
-            self.server_id, self.address, self.config.mode, self.config.workers,
-        )
+        if self.core.role == "primary":
+            self._start_publishing()
+            log.info(
+                "zps-server %s listening on %s (mode %s, waiting for %d workers; "
+                "changes published on %s)", self.server_id, self.address, self.config.mode,
+                self.config.workers, self.core.pub_endpoint,
+            )
+        else:
+            self._follower = Follower(self.core, self._context, self.config.standby_of,
+                                      f"standby-{self.server_id}", self._promote)
+            self.core.replication_info = self._follower_info
+            task = self._own(self._follow())
+            task.add_done_callback(self._follow_done)
+            log.info("zps-server %s listening on %s as hot standby of %s (epoch %d)",
+                     self.server_id, self.address, self.config.standby_of, self.core.epoch)
+
+    def _start_publishing(self) -> None:
+        bind = self.config.pub_bind or _free_port_on(self.address)
+        self._publisher = Publisher(self._context, bind, self.core.epoch,
+                                    self.config.inject_pub_drops)
+        self.core.pub_endpoint = self._publisher.endpoint
+        self.core.store.subscribe(self._publisher.publish)
+        self.core.replication_info = lambda: {"published_to": self.core.pub_endpoint}
+        self._own(self._beat_loop())
+
+    async def _beat_loop(self) -> None:
+        publisher = self._publisher
+        assert publisher is not None
+        while True:
+            publisher.epoch = self.core.epoch
+            publisher.beat(self.core.store.seq)
+            await asyncio.sleep(self.config.repl_interval)
+
+    async def _follow(self) -> None:
+        assert self._follower is not None
+        await self._follower.run()
+
+    def _follow_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("standby stopped: %s", task.exception())
+        self.failed = f"standby stopped: {task.exception()}"
+        self._closed.set()
+
+    def _follower_info(self) -> dict[str, Any]:
+        f = self._follower
+        if f is None:
+            return {}
+        return {"primary": self.config.standby_of, "primary_seq": f.primary_seq,
+                "lag": max(0, f.primary_seq - self.core.store.seq), "resyncs": f.resyncs,
+                "silent": round(time.monotonic() - f.last_beat, 3)}
+
+    def _promote(self) -> None:
+        """The primary went silent: take over with the next epoch and start publishing."""
+        assert self._follower is not None
+        if not self._follower.synced.is_set():
+            raise ProtocolError("unreachable", "the primary went silent before this standby "
+                                               "had a copy of its state; nothing to take over")
+        silent = time.monotonic() - self._follower.last_beat
+        self._follower = None
+        self.core.promote()
+        self._start_publishing()
+        log.warning("promoted to primary (epoch %d) at change %d after %.2f s without "
+                    "heartbeats from %s", self.core.epoch, self.core.store.seq, silent,
+                    self.config.standby_of)
 
     async def serve(self) -> None:
         """Run until ``close()`` is called (or the surrounding task is cancelled)."""
@@ -94,6 +159,10 @@ class Server:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._socket is not None:
             self._socket.close(linger=SHUTDOWN_FLUSH_SECONDS)
+        if self._follower is not None:
+            self._follower.close()
+        if self._publisher is not None:
+            self._publisher.close()
         if self._own_context:
             self._context.term()
         log.info("zps-server %s stopped", self.server_id)
@@ -105,7 +174,7 @@ class Server:
         return task
 
     async def _reap_loop(self) -> None:
-        interval = self.config.heartbeat_interval
+        interval = min(self.config.heartbeat_interval, self.config.repl_interval * 2)
         while True:
             await asyncio.sleep(interval)
             self.core.reap(time.monotonic())
@@ -163,3 +232,10 @@ class Server:
             self._socket.send([peer, *frames])
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will retry
             log.debug("reply to %r dropped: %s", peer, exc)
+
+
+def _free_port_on(endpoint: str) -> str:
+    """A bind address for the change stream: the same host as ``endpoint``, any port."""
+    if endpoint.startswith("tcp://"):
+        return endpoint.rsplit(":", 1)[0] + ":*"
+    return endpoint + "-changes"  # ipc:// or inproc://

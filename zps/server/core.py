@@ -27,13 +27,18 @@ from zps.consistency.rates import Rates
 from zps.errors import ProtocolError
 from zps.protocol import PROTOCOL_VERSION, EncodedMeta, Op, Reply, Request, TensorMeta
 from zps.server.members import ROLES, Membership
+from zps.server.replication import Replicated, snapshot_reply
 from zps.store import DedupWindow, Store, Table, make_optimizer
+from zps.store.snapshot import Snapshot, restore_store, take_snapshot
 
 log = logging.getLogger("zps.server")
 
 Result = Reply | Coroutine[Any, Any, Reply]
 # A pushed update, its weight and its request id.
 Payload = tuple["np.ndarray | Compressed", float, int]
+STANDBY_OPS = frozenset({Op.HELLO, Op.STATS, Op.HEARTBEAT, Op.BYE, Op.WATCH})
+DURABLE_OPS = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL})
+ACKED = "\x00acked"  # waiters for the standby's acknowledgement (not a table name)
 DEPARTED_KEPT = 100  # members that left or died, listed in stats
 DELTA_CACHE = 64  # lossy delta pulls encoded once and shared by the workers asking alike
 
@@ -66,6 +71,15 @@ class ServerCore:
             ("requests", "errors", "pushes", "duplicates", "dropped", "pulls", "rounds",
              "timeouts", "heartbeats", "dead", "bytes_in", "bytes_out"), 0
         )
+        # Replication: a standby mirrors its primary and refuses requests until it takes
+        # over; a primary tracks its standby and what it has acknowledged.
+        self.role = "standby" if config.standby_of else "primary"
+        self.epoch = 1
+        self.pub_endpoint = ""
+        self.standby: str | None = None  # client id of the attached standby
+        self.acked = 0  # the highest change number the standby holds
+        self.replication_info: Callable[[], dict[str, Any]] = lambda: {}
+        self._promoted: asyncio.Future[None] | None = None
         self.handlers: dict[Op, Callable[[Request], Result]] = {
             Op.HELLO: self.hello,
             Op.INIT: self.init,
@@ -75,6 +89,9 @@ class ServerCore:
             Op.HEARTBEAT: self.heartbeat,
             Op.STATS: self.stats,
             Op.BYE: self.bye,
+            Op.SNAPSHOT: self.snapshot,
+            Op.ACK: self.ack,
+            Op.WATCH: self.watch,
         }
 
     @property
@@ -89,8 +106,29 @@ class ServerCore:
     def handle(self, request: Request) -> Result:
         """Dispatch ``request`` to its handler. Raises ``ProtocolError`` for bad requests."""
         self.counters["requests"] += 1
+        if self.role == "standby" and request.op not in STANDBY_OPS:
+            raise ProtocolError(
+                "not_primary",
+                f"this server is the hot standby of {self.config.standby_of}: it takes "
+                "requests only once it has taken over; send them to the primary",
+            )
         self.members.touch(request.client_id, time.monotonic())
-        return self.handlers[request.op](request)
+        result = self.handlers[request.op](request)
+        if request.op in DURABLE_OPS and self.durable:
+            return self._once_replicated(result)
+        return result
+
+    @property
+    def durable(self) -> bool:
+        """Whether updates are acknowledged only once the standby holds them."""
+        return self.config.replication == "sync" and self.standby is not None
+
+    async def _once_replicated(self, result: Result) -> Reply:
+        """``result``'s reply, sent once the standby holds every change made so far."""
+        reply = result if isinstance(result, Reply) else await result
+        seq = self.store.seq
+        return await self._when_ready(
+            [(ACKED, lambda: self.standby is None or self.acked >= seq)], lambda: reply)
 
     # ------------------------------------------------------------ membership
 
@@ -98,6 +136,10 @@ class ServerCore:
         role = request.options.get("role", "worker")
         if role not in ROLES:
             raise ProtocolError("bad_header", f"role {role!r} must be one of {ROLES}")
+        if self.role == "standby":  # says what it is; registers nobody until it takes over
+            return self._reply(request, info=self._hello_info())
+        if role == "standby":
+            return self._attach_standby(request)
         known = self.members.get(request.client_id)
         if known is not None and known.role != role:
             raise ProtocolError(
@@ -127,7 +169,103 @@ class ServerCore:
             "liveness": self.config.liveness,
             "max_message_bytes": self.config.limits.max_message_bytes,
             "optimizer": self.config.optimizer,
+            "role": self.role,
+            "epoch": self.epoch,
+            "pub": self.pub_endpoint,
+            "replication": self.config.replication,
         }
+
+    # ------------------------------------------------------------ replication
+
+    def _attach_standby(self, request: Request) -> Reply:
+        cid = request.client_id
+        if self.standby not in (None, cid):
+            self.forget(self.standby, "replaced by a new standby")
+        self.members.add(cid, "standby", time.monotonic())
+        if self.standby != cid:
+            log.info("standby %s attached (replication %s)", cid, self.config.replication)
+        self.standby = cid
+        return self._reply(request, info=self._hello_info())
+
+    def _require_standby(self, request: Request) -> None:
+        if request.client_id != self.standby:
+            raise ProtocolError("not_registered", "only the attached standby may ask for "
+                                                  "this: send hello with role 'standby'")
+
+    def snapshot(self, request: Request) -> Reply:
+        """A consistent copy of every table, at the current change number."""
+        self._require_standby(request)
+        snap = take_snapshot(self.store, self.epoch, self.extra_state())
+        return snapshot_reply(request.request_id, snap, {"sid": self.server_id})
+
+    def ack(self, request: Request) -> Reply:
+        """The standby holds every change up to ``seq``."""
+        self._require_standby(request)
+        seq = request.options.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ProtocolError("bad_header", "option 'seq' must be an int >= 0")
+        self.acked = seq  # after a fresh snapshot it may even go back
+        self._wake(ACKED)
+        return self._reply(request)
+
+    def watch(self, request: Request) -> Result:
+        """Answered when this server is (or becomes) the primary: clients watch the
+        standby so they switch the moment it takes over."""
+        if self.role == "primary":
+            return self._reply(request, info=self._hello_info())
+        if self._promoted is None:
+            self._promoted = asyncio.get_running_loop().create_future()
+        promoted = self._promoted
+
+        async def answer() -> Reply:
+            await promoted
+            return self._reply(request, info=self._hello_info())
+
+        return answer()
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a snapshot or checkpoint keeps besides the tables."""
+        return {"dedup": self.dedup.export(), "mode": self.config.mode,
+                "rounds": {t.name: self.rounds.closed(t.name) for t in self.store}}
+
+    def install_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace all state with ``snapshot`` (a standby catching up, or a restore)."""
+        self.store = restore_store(snapshot, self.config.log_entries, self.config.log_bytes)
+        self.epoch = snapshot.epoch
+        try:
+            self.dedup = DedupWindow.restore(snapshot.extra.get("dedup", []))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError("bad_frames", f"snapshot dedup state: {exc}") from None
+        self._lead_table = next(iter(t.name for t in self.store), None)
+        rounds = snapshot.extra.get("rounds", {})
+        for table in self.store:
+            closed = rounds.get(table.name) if isinstance(rounds, dict) else None
+            self.rounds.set_closed(table.name, closed if isinstance(closed, int)
+                                   else table.version)
+
+    def apply_replicated(self, change: Replicated) -> None:
+        """Apply one change from the primary's stream exactly as the primary did."""
+        if change.kind == "create":
+            data = change.update if isinstance(change.update, np.ndarray) else None
+            if data is None:
+                raise ProtocolError("bad_frames", "a created table must come dense")
+            self.store.create(change.table, data, make_optimizer(change.optimizer))
+            self._lead_table = self._lead_table or change.table
+        else:
+            self.store.apply(change.table, change.update, change.scale, change.requests)
+            if self.sync:
+                self.rounds.set_closed(change.table, self.rounds.closed(change.table) + 1)
+        for cid, rid in change.requests:
+            self.dedup.record((cid, change.table), rid)
+        self.epoch = change.epoch
+
+    def promote(self) -> None:
+        """Take over as primary with the next epoch."""
+        self.role = "primary"
+        self.epoch += 1
+        self.rounds.started = self.rounds.started or any(t.version for t in self.store)
+        if self._promoted is not None and not self._promoted.done():
+            self._promoted.set_result(None)
 
     def bye(self, request: Request) -> Reply:
         self.forget(request.client_id, "left")
@@ -144,6 +282,12 @@ class ServerCore:
         member = self.members.remove(client_id)
         if member is None:
             return
+        if member.role == "standby":
+            self.standby = None
+            log.warning("standby %s %s: updates are acknowledged without a standby until "
+                        "one attaches", client_id, why)
+            self._wake(ACKED)
+            return
         log.info("%s %s %s (%d workers)", member.role, client_id, why, len(self.members.workers()))
         self._departed.append({"id": client_id, "role": member.role, "state": why})
         self._read = {k: v for k, v in self._read.items() if k[1] != client_id}
@@ -158,7 +302,11 @@ class ServerCore:
         """Declare dead every member silent for heartbeat_interval x liveness; close rounds
         open longer than the round timeout."""
         deadline = now - self.config.heartbeat_interval * self.config.liveness
-        for member in self.members.silent_since(deadline):
+        standby_deadline = now - self.config.repl_interval * self.config.repl_liveness * 2
+        for member in self.members.silent_since(max(deadline, standby_deadline)):
+            limit = standby_deadline if member.role == "standby" else deadline
+            if member.last_seen >= limit:
+                continue
             self.counters["dead"] += 1
             self.forget(member.client_id, "declared dead (no heartbeat)")
         timeout = self.config.round_timeout
@@ -201,7 +349,8 @@ class ServerCore:
         targets = self._accept_push(request)
         # Back-pressure (sync): a push is acknowledged once its round is the open one, so
         # a worker that only pushes never queues more than one round ahead.
-        waits = [(key, self._round_is_open(key, target)) for key, target in targets]
+        ready = self._round_is_applied if self.durable else self._round_is_open
+        waits = [(key, ready(key, target)) for key, target in targets]
         waits = [(key, ready) for key, ready in waits if not ready()]
         ack = self._reply(request, info={"seq": self.store.seq})
         if not waits:
@@ -210,6 +359,9 @@ class ServerCore:
 
     def _round_is_open(self, key: str, target: int) -> Callable[[], bool]:
         return lambda: self.rounds.closed(key) >= target - 1
+
+    def _round_is_applied(self, key: str, target: int) -> Callable[[], bool]:
+        return lambda: self.rounds.closed(key) >= target
 
     def pull(self, request: Request) -> Result:
         tables = [self.store.get(name) for name in request.names]
@@ -426,6 +578,9 @@ class ServerCore:
         info = {
             **self._hello_info(),
             "seq": self.store.seq,
+            "replica": {"standby": self.standby, "acked": self.acked,
+                        "lag": self.store.seq - self.acked if self.standby else None,
+                        **self.replication_info()},
             "counters": dict(self.counters),
             "tables": [
                 {
@@ -466,7 +621,8 @@ class ServerCore:
                 "pull_compression": round(dense_out / wire_out, 3) if wire_out else 1.0}
 
     def _reply(self, request: Request, info: dict[str, Any] | None = None) -> Reply:
-        return Reply(request.request_id, info={"sid": self.server_id, **(info or {})})
+        return Reply(request.request_id,
+                     info={"sid": self.server_id, "epoch": self.epoch, **(info or {})})
 
     def _tables_reply(self, request: Request, tables: list[Table],
                       wish: PullWish | None = None) -> Reply:
@@ -502,7 +658,7 @@ class ServerCore:
             for t in tables:
                 self._read[(t.name, request.client_id)] = (
                     self.rounds.closed(t.name) if self.sync else t.version)
-        info: dict[str, Any] = {"sid": self.server_id,
+        info: dict[str, Any] = {"sid": self.server_id, "epoch": self.epoch,
                                 "versions": {t.name: t.version for t in tables}}
         if deltas:
             info["delta"] = deltas

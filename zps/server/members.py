@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["worker", "observer"]
-ROLES: tuple[str, ...] = ("worker", "observer")
+Role = Literal["worker", "observer", "standby"]
+ROLES: tuple[str, ...] = ("worker", "observer", "standby")
 
 
 @dataclass(slots=True)

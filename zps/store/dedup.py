@@ -39,3 +39,22 @@ class DedupWindow:
         ids[request_id] = None
         if len(ids) > self._per_client:
             ids.popitem(last=False)
+
+    def export(self) -> list[list[object]]:
+        """The window as plain lists (for snapshots and checkpoints)."""
+        return [[list(key) if isinstance(key, tuple) else key, list(ids)]
+                for key, ids in self._seen.items()]
+
+    @classmethod
+    def restore(cls, rows: object, per_client: int = 4096,
+                max_clients: int = 65536) -> DedupWindow:
+        """A window holding what ``export`` returned; malformed rows raise ``ValueError``."""
+        window = cls(per_client, max_clients)
+        if not isinstance(rows, list):
+            raise ValueError("dedup state must be a list")
+        for row in rows:
+            key, ids = row
+            hashable = tuple(key) if isinstance(key, list) else key
+            for rid in ids:
+                window.record(hashable, int(rid))
+        return window
