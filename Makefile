@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-failover test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m zps.cli.demo
+
+demo-failover: $(STAMP)
+	$(PY) -m zps.cli.demo --failover --out out/demo-failover
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -32,6 +32,7 @@ class LocalCluster:
         self.python = python
         self.servers: list[subprocess.Popen[bytes]] = []
         self.addresses: list[str] = []
+        self.standby_addresses: list[str] = []
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
 
@@ -45,40 +46,52 @@ class LocalCluster:
 
     def start_servers(self, count: int, args: Sequence[str] = (), timeout: float = 30.0) -> None:
         """Start ``count`` servers on free loopback ports and wait until all are listening."""
-        ready = []
-        for index in range(count):
-            ready_file = self.out_dir / f"server{index}.addr"
-            ready_file.unlink(missing_ok=True)
-            log = open(self.out_dir / f"server{index}.log", "wb")  # noqa: SIM115 - closed in stop
-            self._logs.append(log)
-            proc = subprocess.Popen(
-                [
-                    self.python,
-                    "-m",
-                    "zps.cli.server_main",
-                    "--bind",
-                    "tcp://127.0.0.1:0",
-                    "--ready-file",
-                    str(ready_file),
-                    *args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            self.servers.append(proc)
-            ready.append((proc, ready_file))
+        started = [self._server(f"server{len(self.addresses) + i}", args) for i in range(count)]
+        self.addresses += self._wait_ready(started, timeout)
+
+    def start_standbys(self, args: Sequence[str] = (), timeout: float = 30.0) -> None:
+        """Start a hot standby for every server (``zps-server --standby-of``); their
+        addresses go to ``standby_addresses`` and to the workers started after this."""
+        started = [self._server(f"standby{i}", [*args, "--standby-of", address])
+                   for i, address in enumerate(self.addresses)]
+        self.standby_addresses = self._wait_ready(started, timeout)
+
+    def kill_server(self, index: int) -> None:
+        """SIGKILL server ``index`` (a crash: no goodbye, no checkpoint)."""
+        proc = self.servers[index]
+        proc.kill()
+        proc.wait()
+
+    def _server(self, name: str, args: Sequence[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        ready_file = self.out_dir / f"{name}.addr"
+        ready_file.unlink(missing_ok=True)
+        log = open(self.out_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            [self.python, "-m", "zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
+             "--ready-file", str(ready_file), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.servers.append(proc)
+        return proc, ready_file
+
+    def _wait_ready(self, started: list[tuple[subprocess.Popen[bytes], Path]],
+                    timeout: float) -> list[str]:
         deadline = time.monotonic() + timeout
-        for proc, ready_file in ready:
+        addresses = []
+        for proc, ready_file in started:
             while not ready_file.exists():
                 if proc.poll() is not None:
                     raise ZpsError(
                         f"a zps-server exited with {proc.returncode}; see "
-                        f"{self.out_dir}/server*.log"
+                        f"{self.out_dir}/{ready_file.stem}.log"
                     )
                 if time.monotonic() > deadline:
                     raise ZpsError(f"a zps-server did not start within {timeout:g} s")
                 time.sleep(0.02)
-            self.addresses.append(ready_file.read_text())
+            addresses.append(ready_file.read_text())
+        return addresses
 
     def start_worker(
         self, args: Sequence[str], quiet_stdout: bool = False
@@ -91,6 +104,8 @@ class LocalCluster:
                 "zps.cli.worker_main",
                 "--servers",
                 ",".join(self.addresses),
+                *(["--standbys", ",".join(self.standby_addresses)]
+                  if self.standby_addresses else []),
                 *args,
             ],
             stdout=subprocess.DEVNULL if quiet_stdout else None,

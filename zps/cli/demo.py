@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,34 @@ def plot_losses(results: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def total_rounds(workers: int, epochs: int, batch_size: int = 32) -> int:
+    """Rounds the digits jobs run (every worker runs as many steps as the largest shard)."""
+    from zps.jobs.data import load_digits
+
+    per_worker = math.ceil(len(load_digits().x_train) / workers)
+    return epochs * math.ceil(per_worker / batch_size)
+
+
+def kill_halfway(cluster: LocalCluster, out: Path, rounds: int) -> None:
+    """SIGKILL the first primary once half of the rounds are applied, and say so."""
+    from zps.client import Client
+
+    with Client([cluster.addresses[0]], role="observer", heartbeat_interval=0) as probe:
+        tick = threading.Event()
+        while not any(w.poll() is not None for w in cluster.workers):
+            tables = probe.stats()[0]["tables"]
+            if tables and max(t["rounds"] for t in tables) >= rounds // 2:
+                break
+            tick.wait(0.05)
+    cluster.kill_server(0)
+    print(f"\n*** killed the primary {cluster.addresses[0]} (SIGKILL) halfway through "
+          f"training; its standby {cluster.standby_addresses[0]} takes over ***\n", flush=True)
+    log = out / "standby0.log"
+    lines = [line for line in log.read_text().splitlines() if "promoted" in line]
+    for line in lines:
+        print(f"standby0: {line}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zps-demo", description=__doc__)
     parser.add_argument("--servers", type=int, default=2, help="server processes")
@@ -61,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--out", default="out/demo", help="folder for logs, results, plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-standby", action="store_true",
+                        help="run the servers without hot standbys")
+    parser.add_argument("--failover", action="store_true",
+                        help="SIGKILL the first primary halfway through training: its standby "
+                             "takes over and the workers carry on")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
@@ -80,6 +115,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"zps-demo: error: {exc}", file=sys.stderr)
             return 1
         print("servers listening on " + ", ".join(cluster.addresses), flush=True)
+        if args.failover and args.no_standby:
+            print("zps-demo: error: --failover needs the standbys (drop --no-standby)",
+                  file=sys.stderr)
+            return 2
+        if not args.no_standby:
+            try:
+                cluster.start_standbys(["--mode", args.mode, "--workers", str(args.workers),
+                                        *args.server_args.split()])
+            except ZpsError as exc:
+                print(f"zps-demo: error: {exc}", file=sys.stderr)
+                return 1
+            print("hot standbys on " + ", ".join(cluster.standby_addresses), flush=True)
         for index in range(args.workers):
             extra = ["--quiet"] if args.quiet else []
             if index == 0 and args.slow:
@@ -90,11 +137,17 @@ def main(argv: list[str] | None = None) -> int:
                 "--metrics-out", str(out / f"worker{index}.json"), *extra,
                 *args.worker_args.split(),
             ])
+        if args.failover:
+            kill_halfway(cluster, out, total_rounds(args.workers, args.epochs))
         codes = cluster.wait_workers(timeout=600)
     if any(codes):
         print(f"zps-demo: error: worker exit codes {codes}; see {out}/server*.log",
               file=sys.stderr)
         return 1
+    if args.failover:
+        promoted = [line for line in (out / "standby0.log").read_text().splitlines()
+                    if "promoted" in line]
+        print("standby0 log: " + (promoted[0] if promoted else "no takeover logged"))
     results = [json.loads((out / f"worker{i}.json").read_text()) for i in range(args.workers)]
     acc = float(np.mean([r["test_accuracy"] for r in results]))
     plot = out / "loss.png"

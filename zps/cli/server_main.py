@@ -24,6 +24,7 @@ from zps.cli.options import (
 from zps.config import ServerConfig, parse_mode
 from zps.consistency.aggregate import parse_rule
 from zps.consistency.rates import RATE_RULES
+from zps.errors import ZpsError
 from zps.protocol import Limits
 from zps.runtime import run
 from zps.server import Server
@@ -138,6 +139,8 @@ async def serve(config: ServerConfig, ready_file: str = "") -> int:
         server.start()
     except zmq.ZMQError as exc:
         raise UsageError(f"cannot bind {config.bind}: {exc}") from None
+    except ZpsError as exc:  # an unusable checkpoint to restore
+        raise UsageError(str(exc)) from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: loop.create_task(server.close()))
     if ready_file:

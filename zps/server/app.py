@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -21,6 +22,13 @@ from zps.errors import ProtocolError
 from zps.protocol import DecodeError, Reply, decode_request, encode_reply
 from zps.server.core import ServerCore
 from zps.server.replication import Follower, Publisher
+from zps.store.snapshot import (
+    SnapshotError,
+    latest_checkpoint,
+    read_checkpoint,
+    take_snapshot,
+    write_checkpoint,
+)
 from zps.transport import ZERO_COPY_BYTES, LoopSocket
 
 log = logging.getLogger("zps.server")
@@ -49,6 +57,7 @@ class Server:
         self._publisher: Publisher | None = None
         self._follower: Follower | None = None
         self.failed = ""  # why the server stopped on its own (empty: it did not)
+        self._checkpointed = -1  # change number of the newest checkpoint written
         self.address = ""
 
     async def __aenter__(self) -> Server:
@@ -59,7 +68,10 @@ class Server:
         await self.close()
 
     def start(self) -> None:
-        """Bind the ROUTER socket and start serving in the background."""
+        """Bind the ROUTER socket and start serving in the background (after restoring the
+        newest checkpoint of ``config.restore``: ``SnapshotError`` if it is unusable)."""
+        if self.config.restore:
+            self._restore(Path(self.config.restore))
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
@@ -75,6 +87,9 @@ class Server:
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._socket = LoopSocket(sock, self._dispatch)
         self._own(self._reap_loop())
+        if self.config.checkpoint_dir and (self.config.checkpoint_every > 0
+                                           or self.config.checkpoint_rounds > 0):
+            self._own(self._checkpoint_loop())
         if self.core.role == "primary":
             self._start_publishing()
             log.info(
@@ -90,6 +105,52 @@ class Server:
             task.add_done_callback(self._follow_done)
             log.info("zps-server %s listening on %s as hot standby of %s (epoch %d)",
                      self.server_id, self.address, self.config.standby_of, self.core.epoch)
+
+    def _restore(self, folder: Path) -> None:
+        path = latest_checkpoint(folder)
+        if path is None:
+            raise SnapshotError(f"no checkpoint in {folder} to restore (files ckpt-*.zps); "
+                                "check --restore, or start without it")
+        snapshot = read_checkpoint(path)
+        self.core.install_snapshot(snapshot)
+        self._checkpointed = snapshot.seq
+        log.info("restored %s: change %d, epoch %d, %d tables", path, snapshot.seq,
+                 snapshot.epoch, len(snapshot.tables))
+
+    def checkpoint(self) -> Path | None:
+        """Write a checkpoint now (synchronously); None if nothing changed since the last."""
+        if not self.config.checkpoint_dir or self.core.role != "primary" \
+                or self.core.store.seq == self._checkpointed:
+            return None
+        snapshot = take_snapshot(self.core.store, self.core.epoch, self.core.extra_state())
+        path = write_checkpoint(Path(self.config.checkpoint_dir), snapshot)
+        self._checkpointed = snapshot.seq
+        log.info("checkpoint %s written (change %d)", path, snapshot.seq)
+        return path
+
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoints every checkpoint_every seconds, or every checkpoint_rounds rounds:
+        the snapshot is taken on the loop (consistent), the file written in a thread."""
+        every, rounds = self.config.checkpoint_every, self.config.checkpoint_rounds
+        last_round = 0
+        while True:
+            await asyncio.sleep(every if every > 0 else self.config.repl_interval)
+            if every <= 0:
+                closed = self.core.counters["rounds"]
+                if not rounds or closed - last_round < rounds:
+                    continue
+                last_round = closed
+            if self.core.role != "primary" or self.core.store.seq == self._checkpointed:
+                continue
+            snapshot = take_snapshot(self.core.store, self.core.epoch, self.core.extra_state())
+            try:
+                path = await asyncio.to_thread(
+                    write_checkpoint, Path(self.config.checkpoint_dir), snapshot)
+            except OSError as exc:
+                log.error("checkpoint not written: %s (the previous one is kept)", exc)
+                continue
+            self._checkpointed = snapshot.seq
+            log.info("checkpoint %s written (change %d)", path, snapshot.seq)
 
     def _start_publishing(self) -> None:
         bind = self.config.pub_bind or _free_port_on(self.address)
@@ -157,6 +218,10 @@ class Server:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            self.checkpoint()  # a clean shutdown leaves its final state on disk
+        except OSError as exc:
+            log.error("final checkpoint not written: %s", exc)
         if self._socket is not None:
             self._socket.close(linger=SHUTDOWN_FLUSH_SECONDS)
         if self._follower is not None:
