@@ -230,11 +230,13 @@ class Follower:
             self.last_beat = time.monotonic()
             watchdog = asyncio.get_running_loop().create_task(self._watchdog())
             follow = asyncio.get_running_loop().create_task(self._follow())
-            done, _ = await asyncio.wait({watchdog, follow},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for task in (watchdog, follow):
-                task.cancel()
-            await asyncio.gather(watchdog, follow, return_exceptions=True)
+            try:
+                done, _ = await asyncio.wait({watchdog, follow},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the server closes and cancels this
+                for task in (watchdog, follow):
+                    task.cancel()
+                await asyncio.gather(watchdog, follow, return_exceptions=True)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]

@@ -1,0 +1,289 @@
+"""Hot standby, failover and checkpoints, with real sockets and real server processes."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import zps
+from zps.cli.cluster import LocalCluster
+from zps.protocol import Op
+from zps.store.snapshot import latest_checkpoint
+
+from .conftest import ROOT, ServerThread, python_env, run_cli, wait_for
+from .test_client_server import raw_dealer, raw_request
+
+
+def state(server: ServerThread) -> dict[str, Any]:
+    """Every table's bits, version and optimizer state, and the change number."""
+    def read() -> dict[str, Any]:
+        core = server.server.core
+        return {
+            "seq": core.store.seq,
+            "tables": {t.name: (t.data.tobytes(), t.version, t.optimizer.steps if t.optimizer
+                                else 0, {k: v.tobytes() for k, v in
+                                         (t.optimizer.state if t.optimizer else {}).items()})
+                       for t in core.store},
+        }
+    return server.run(read)
+
+
+def seq(server: ServerThread) -> int:
+    return server.run(lambda: server.server.core.store.seq)
+
+
+def caught_up(primary: ServerThread, standby: ServerThread) -> bool:
+    return seq(standby) == seq(primary) and state(standby) == state(primary)
+
+
+def train_a_little(address: str, steps: int, standbys: tuple[str, ...] = (),
+                   codec: str = "none") -> None:
+    rng = np.random.default_rng(steps)
+    with zps.Client([address], standbys=standbys, codec=codec) as ps:
+        ps.init({"w": np.zeros((40, 30), np.float32)})
+        ps.init({"m": np.ones(7)}, optimizer={"name": "adam", "lr": 0.01})
+        for _ in range(steps):
+            ps.push({"w": rng.standard_normal((40, 30)), "m": rng.standard_normal(7)})
+
+
+def test_standby_holds_a_bit_identical_copy(start_server) -> None:
+    primary = start_server(mode="async")
+    train_a_little(primary.address, 5)  # before the standby exists: it comes by snapshot
+    standby = start_server(mode="async", standby_of=primary.address)
+    wait_for(lambda: caught_up(primary, standby), what="the standby to catch up")
+    train_a_little(primary.address, 20, codec="int8")  # then by the stream, compressed too
+    wait_for(lambda: caught_up(primary, standby), what="the standby to follow")
+    with zps.Client([primary.address], role="observer") as ps:
+        stats = ps.stats()[0]
+    assert stats["replica"]["standby"] is not None and stats["role"] == "primary"
+    with zps.Client([standby.address], role="observer") as ps:
+        info = ps.stats()[0]
+    assert info["role"] == "standby" and info["replica"]["lag"] == 0
+
+
+def test_a_standby_refuses_requests_until_it_takes_over(start_server) -> None:
+    primary = start_server(mode="async")
+    train_a_little(primary.address, 1)
+    standby = start_server(mode="async", standby_of=primary.address)
+    wait_for(lambda: caught_up(primary, standby), what="the standby to catch up")
+    sock = raw_dealer(standby.address)
+    try:
+        for rid, op in enumerate((Op.PULL, Op.PUSH, Op.INIT), start=1):
+            kw: dict[str, Any] = ({"names": ("w",)} if op == Op.PULL else
+                                  {"arrays": {"w": np.ones((40, 30), np.float32)}})
+            reply = raw_request(sock, op, rid, **kw)
+            assert reply.error is not None and reply.error[0] == "not_primary"
+    finally:
+        sock.close()
+    assert caught_up(primary, standby)  # nothing changed on either
+
+
+def test_sync_replication_acknowledges_only_what_the_standby_holds(start_server) -> None:
+    primary = start_server(mode="async", replication="sync")
+    standby = start_server(mode="async", standby_of=primary.address)
+    wait_for(lambda: primary.run(lambda: primary.server.core.standby is not None),
+             what="the standby to attach")
+    wait_for(lambda: standby.run(lambda: standby.server._follower.synced.is_set()),
+             what="the standby to hold a snapshot")
+    with zps.Client([primary.address], standbys=[standby.address]) as ps:
+        ps.init({"w": np.zeros(1000, np.float32)})
+        for _ in range(30):
+            ps.push({"w": np.ones(1000)})
+            assert seq(standby) >= seq(primary)  # acknowledged means held by the standby
+
+
+def test_injected_pub_drops_are_detected_and_repaired(start_server) -> None:
+    primary = start_server(mode="async", inject_pub_drops=7)
+    standby = start_server(mode="async", standby_of=primary.address)
+    train_a_little(primary.address, 40)
+    wait_for(lambda: caught_up(primary, standby), what="the standby to repair its gaps")
+    resyncs = standby.run(lambda: standby.server._follower.resyncs)
+    assert resyncs >= 2  # the first snapshot, then at least one repair
+
+
+def test_failover_in_process_keeps_every_acknowledged_push(start_server) -> None:
+    primary = start_server(mode="async")
+    standby = start_server(mode="async", standby_of=primary.address)
+    with zps.Client([primary.address], standbys=[standby.address]) as ps:
+        ps.init({"w": np.zeros(64, np.float32)})
+        for _ in range(10):
+            ps.push({"w": np.ones(64)})
+        primary.stop()  # heartbeats stop: the standby takes over within 0.5 s
+        for _ in range(10):
+            ps.push({"w": np.ones(64)})
+        np.testing.assert_array_equal(ps.pull()["w"], 20)
+        assert ps.stats()[0]["epoch"] == 2
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def _push_until(address: str, standby: str, worker: int, steps: int,
+                acked: list[int], errors: list[BaseException]) -> None:
+    """A worker pushing ``worker + 1`` per step, counting the acknowledged pushes."""
+    try:
+        with zps.Client([address], standbys=[standby], timeout=5.0) as ps:
+            ps.init({"w": np.zeros(256, np.float32)})
+            for _ in range(steps):
+                ps.push({"w": np.full(256, worker + 1, np.float32)})
+                acked[worker] += 1
+    except BaseException as exc:  # reported by the test thread
+        errors.append(exc)
+
+
+def test_sigkill_the_primary_many_times_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    for attempt in range(3):
+        with LocalCluster(tmp_path / str(attempt)) as cluster:
+            cluster.start_servers(1, ["--mode", "async", "--replication", "sync"])
+            cluster.start_standbys(["--mode", "async"])
+            primary, standby = cluster.addresses[0], cluster.standby_addresses[0]
+            with zps.Client([primary], role="observer", heartbeat_interval=0) as probe:
+                wait_for(lambda: probe.stats()[0]["replica"]["standby"],
+                         what="the standby to attach")
+                steps, acked, errors = 300, [0, 0], []
+                threads = [threading.Thread(target=_push_until, args=(
+                    primary, standby, w, steps, acked, errors)) for w in range(2)]
+                for t in threads:
+                    t.start()
+                kill_at = rng.randrange(20, 250)
+                wait_for(lambda: sum(acked) >= kill_at or errors,  # noqa: B023
+                         what="pushes before the kill")
+            cluster.kill_server(0)
+            for t in threads:
+                t.join(timeout=60)
+            assert not errors, errors
+            assert acked == [steps, steps]
+            with zps.Client([standby], role="observer") as ps:
+                ps.init({"w": np.zeros(256, np.float32)})
+                final = ps.pull()["w"]
+                assert ps.stats()[0]["epoch"] == 2
+            # A replay of exactly the acknowledged pushes: none lost, none twice.
+            np.testing.assert_array_equal(final, steps * 1 + steps * 2)
+            log = (tmp_path / str(attempt) / "standby0.log").read_text()
+            assert "promoted to primary (epoch 2)" in log
+
+
+def test_old_primary_comes_back_as_the_new_standby(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(1, ["--mode", "async"])
+        cluster.start_standbys(["--mode", "async"])
+        primary, standby = cluster.addresses[0], cluster.standby_addresses[0]
+        with zps.Client([primary], standbys=[standby]) as ps:
+            ps.init({"w": np.zeros(8, np.float32)})
+            wait_for(lambda: ps.stats()[0]["replica"]["standby"], what="the standby")
+            ps.push({"w": np.ones(8)})
+            cluster.kill_server(0)
+            ps.push({"w": np.ones(8)})  # fails over
+            # The old primary restarts as the standby of the new one, on its old port.
+            cluster._wait_ready([cluster._server("old-primary", [
+                "--mode", "async", "--standby-of", standby])], 30)
+            old = (tmp_path / "old-primary.addr").read_text()
+            wait_for(lambda: ps.stats()[0]["replica"]["standby"], what="the new standby")
+            ps.push({"w": np.ones(8)})
+            np.testing.assert_array_equal(ps.pull()["w"], 3)
+        with zps.Client([old], role="observer") as probe:
+            info = probe.stats()[0]
+            wait_for(lambda: probe.stats()[0]["seq"] == info["replica"]["primary_seq"] > 0,
+                     what="the old primary to catch up")
+        sock = raw_dealer(old)
+        try:  # no split brain: it takes no write of its own
+            reply = raw_request(sock, Op.PUSH, 1, arrays={"w": np.ones(8, np.float32)})
+            assert reply.error is not None and reply.error[0] == "not_primary"
+        finally:
+            sock.close()
+
+
+def test_killed_standby_leaves_the_primary_serving_and_a_new_one_catches_up(
+        tmp_path: Path) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(1, ["--mode", "async", "--replication", "sync"])
+        cluster.start_standbys(["--mode", "async"])
+        primary = cluster.addresses[0]
+        with zps.Client([primary]) as ps:
+            ps.init({"w": np.zeros(8, np.float32)})
+            wait_for(lambda: ps.stats()[0]["replica"]["standby"], what="the standby")
+            ps.push({"w": np.ones(8)})
+            cluster.kill_server(1)  # the standby
+            ps.push({"w": np.ones(8)})  # acknowledged without it once it is declared dead
+            wait_for(lambda: ps.stats()[0]["replica"]["standby"] is None,
+                     what="the primary to notice")
+            cluster.start_standbys(["--mode", "async"])
+            wait_for(lambda: ps.stats()[0]["replica"]["standby"], what="a new standby")
+            ps.push({"w": np.ones(8)})
+            lag = ps.stats()[0]["replica"]["lag"]
+            np.testing.assert_array_equal(ps.pull()["w"], 3)
+        assert lag == 0
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_and_restore_round_trip_exactly(start_server, tmp_path: Path) -> None:
+    server = start_server(mode="async", checkpoint_dir=str(tmp_path))
+    train_a_little(server.address, 12)
+    before = state(server)
+    server.stop()  # a clean shutdown writes a checkpoint
+    assert latest_checkpoint(tmp_path) is not None
+    restored = start_server(mode="async", restore=str(tmp_path))
+    assert state(restored) == before
+    with zps.Client([restored.address]) as ps:  # and it keeps serving from there
+        ps.init({"w": np.zeros((40, 30), np.float32)})
+        assert ps.stats()[0]["tables"][0]["version"] == 12
+
+
+def test_corrupt_checkpoint_is_refused_with_one_line(tmp_path: Path) -> None:
+    server = ServerThread(zps.ServerConfig(bind="tcp://127.0.0.1:0", mode="async",
+                                           checkpoint_dir=str(tmp_path)))
+    try:
+        train_a_little(server.address, 3)
+    finally:
+        server.stop()
+    path = latest_checkpoint(tmp_path)
+    assert path is not None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0", "--restore",
+                     str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "checksum" in result.stderr, result.stderr
+    empty = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0", "--restore",
+                    str(tmp_path / "none"))
+    assert empty.returncode == 2 and "no checkpoint" in empty.stderr
+
+
+def test_periodic_checkpoints_from_the_daemon(tmp_path: Path) -> None:
+    ready = tmp_path / "addr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
+         "--mode", "async", "--checkpoint-dir", str(tmp_path / "ckpt"),
+         "--checkpoint-every", "0.2", "--ready-file", str(ready)],
+        env=python_env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(ready.exists, what="the server to listen")
+        train_a_little(ready.read_text(), 4)
+        wait_for(lambda: latest_checkpoint(tmp_path / "ckpt"), what="a periodic checkpoint")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "checkpoint" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--standby-of", "nowhere"], "must look like tcp://HOST:PORT"),
+    (["--standby-of", "tcp://127.0.0.1:1", "--restore", "x"], "exclude each other"),
+    (["--replication", "maybe"], "replication"),
+])
+def test_replication_flag_mistakes(args: list[str], message: str) -> None:
+    result = run_cli("zps.cli.server_main", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
