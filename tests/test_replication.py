@@ -287,3 +287,22 @@ def test_periodic_checkpoints_from_the_daemon(tmp_path: Path) -> None:
 def test_replication_flag_mistakes(args: list[str], message: str) -> None:
     result = run_cli("zps.cli.server_main", *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_async_client_fails_over_too(start_server) -> None:
+    import asyncio
+
+    primary = start_server(mode="async")
+    standby = start_server(mode="async", standby_of=primary.address)
+
+    async def main() -> tuple[np.ndarray, int]:
+        async with zps.AsyncClient([primary.address], standbys=[standby.address]) as ps:
+            await ps.init({"w": np.zeros(64, np.float32)})
+            await asyncio.gather(*(ps.push({"w": np.ones(64)}) for _ in range(10)))
+            await asyncio.to_thread(primary.stop)
+            await asyncio.gather(*(ps.push({"w": np.ones(64)}) for _ in range(10)))
+            return (await ps.pull())["w"], (await ps.stats())[0]["epoch"]
+
+    final, epoch = asyncio.run(main())
+    np.testing.assert_array_equal(final, 20)
+    assert epoch == 2

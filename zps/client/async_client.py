@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from zps.client.connection import Connection, RequestIds
+from zps.client.connection import Connection, RequestIds, Switched
 from zps.client.placement import Layout
 from zps.client.session import Arrays, Message, Session, SessionProperties
 from zps.config import ClientConfig
@@ -44,6 +44,10 @@ class AsyncClient(SessionProperties):
         self._limit: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._delta_lock = asyncio.Lock()
+        self._ids: RequestIds | None = None
+        self._standbys: list[Connection | None] = []  # per shard, its hot standby
+        self._epochs: list[int] = []
+        self._watches: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> AsyncClient:
         await self.connect()
@@ -55,19 +59,75 @@ class AsyncClient(SessionProperties):
     async def connect(self) -> None:
         """Open a DEALER per server and say hello to each (registers this worker)."""
         self._context = zmq.Context()
-        ids = RequestIds()
+        ids = self._ids = RequestIds()
         self._limit = asyncio.Semaphore(self.config.max_inflight)
         try:
-            for addr in self.servers:
+            for addr, standby in zip(self.servers, self._session.standbys, strict=True):
                 self._connections.append(Connection(self._context, addr, self.client_id, ids))
+                self._standbys.append(Connection(self._context, standby, self.client_id, ids)
+                                      if standby else None)
+            self._epochs = [0] * len(self._connections)
+            await asyncio.gather(*(self._find_primary(i) for i in range(len(self._standbys)))
+                                 if any(self._standbys) else ())
             replies = await asyncio.gather(*(self._hello(c) for c in self._connections))
         except BaseException:
             await self.close()
             raise
         if self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
-
         self._session.hello = list(replies)
+        for i, alternate in enumerate(self._standbys):
+            if alternate is not None:
+                self._watch(i)
+
+    async def _find_primary(self, index: int) -> None:
+        """Point shard ``index`` at whichever of its two servers says it is the primary."""
+        conns = [self._connections[index], self._standbys[index]]
+
+        async def ask(conn: Connection | None) -> tuple[int, bool]:
+            if conn is None:
+                return -1, False
+            try:
+                reply = await conn.request(Op.HELLO, options={"role": self.config.role},
+                                           timeout=self.config.connect_timeout, attempts=1)
+            except ZpsError:
+                return -1, False
+            return int(reply.info.get("epoch", 0)), reply.info.get("role") == "primary"
+
+        answers = await asyncio.gather(*(ask(c) for c in conns))
+        (epoch0, primary0), (epoch1, primary1) = answers
+        if primary1 and (not primary0 or epoch1 > epoch0):
+            self._swap(index)
+
+    def _swap(self, index: int) -> None:
+        standby = self._standbys[index]
+        assert standby is not None
+        self._standbys[index], self._connections[index] = self._connections[index], standby
+
+    def _watch(self, index: int) -> None:
+        """Wait for shard ``index``'s standby to take over, then send there."""
+        standby = self._standbys[index]
+        assert standby is not None
+
+        async def watch() -> None:
+            try:
+                reply = await standby.request(Op.WATCH, timeout=1e9, attempts=1)
+            except ZpsError:
+                return
+            epoch = int(reply.info.get("epoch", 0))
+            if self._standbys[index] is not standby or epoch <= self._epochs[index]:
+                return
+            log.warning("zps server %s took over from %s (epoch %d); switching",
+                        standby.address, self._connections[index].address, epoch)
+            self._epochs[index] = epoch
+            old = self._connections[index]
+            self._swap(index)
+            old.fail_pending(Switched())
+            self._watch(index)  # the old primary may come back as the new standby
+
+        task = asyncio.get_running_loop().create_task(watch())
+        self._watches.add(task)
+        task.add_done_callback(self._watches.discard)
 
     async def _hello(self, conn: Connection) -> dict[str, Any]:
         reply = await conn.request(Op.HELLO, options={"role": self.config.role},
@@ -94,9 +154,13 @@ class AsyncClient(SessionProperties):
             if conn.server_id is not None:
                 with contextlib.suppress(ZpsError):
                     await conn.request(Op.BYE, timeout=1.0, attempts=1)
-        for conn in self._connections:
+        for task in list(self._watches):
+            task.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
+        for conn in [*self._connections, *(c for c in self._standbys if c is not None)]:
             await conn.close()
         self._connections = []
+        self._standbys = []
         if self._context is not None:
             self._context.term()
             self._context = None
@@ -171,8 +235,10 @@ class AsyncClient(SessionProperties):
                         options: dict[str, Any] | None) -> Arrays:
         messages = self._session.messages(op, layout, names, arrays, options)
         out = {} if op == Op.PUSH else self._session.outputs(layout, names)
+        assert self._ids is not None, "connect() first"
+        rids = [self._ids.next() for _ in messages]  # kept on resends: applied at most once
         try:
-            await self._send_all(messages, out)
+            await self._send_all(messages, out, rids)
         except RejectedError as exc:
             if exc.code != "not_registered":
                 raise
@@ -180,24 +246,31 @@ class AsyncClient(SessionProperties):
             log.warning("%s; registering again", exc)
             self._session.hello = list(
                 await asyncio.gather(*(self._hello(c) for c in self._connections)))
-            await self._send_all(messages, out)
+            await self._send_all(messages, out, rids)
         return out
 
-    async def _send_all(self, messages: list[Message], out: Arrays) -> None:
+    async def _send_all(self, messages: list[Message], out: Arrays, rids: list[int]) -> None:
         if len(messages) == 1:  # the common case: no task to schedule
-            await self._send(messages[0], out)
+            await self._send(messages[0], out, rids[0])
         else:
-            await asyncio.gather(*(self._send(m, out) for m in messages))
+            await asyncio.gather(*(self._send(m, out, r)
+                                   for m, r in zip(messages, rids, strict=True)))
 
-    async def _send(self, message: Message, out: Arrays) -> None:
-        conn = self._connections[message.server]
+    async def _send(self, message: Message, out: Arrays, rid: int) -> None:
         if self._limit is None:
             raise ZpsError("the client is not connected: use `async with` or call connect()")
         async with self._limit:
-            reply = await conn.request(
-                message.op, tensors=message.tensors, buffers=message.buffers,
-                names=message.names, options=message.options, encoded=message.encoded,
-                timeout=self.config.timeout, attempts=1 + self.config.retries,
-            )
+            while True:
+                conn = self._connections[message.server]
+                try:
+                    reply = await conn.request(
+                        message.op, tensors=message.tensors, buffers=message.buffers,
+                        names=message.names, options=message.options,
+                        encoded=message.encoded, timeout=self.config.timeout,
+                        attempts=1 + self.config.retries, request_id=rid,
+                    )
+                    break
+                except Switched:
+                    continue  # the standby took over: the same request, sent there
         if message.op != Op.PUSH:
             self._session.scatter(reply, message, out)

@@ -274,20 +274,22 @@ class Client(SessionProperties):
         messages = self._session.messages(op, layout, names, arrays, options)
         out = {} if op == Op.PUSH else self._session.outputs(layout, names)
         attempts = 1 + self.config.retries
+        rids = [next(self._ids) for _ in messages]  # kept on resends: applied at most once
         try:
-            self._exchange(messages, self.config.timeout, attempts, out)
+            self._exchange(messages, self.config.timeout, attempts, out, rids)
         except RejectedError as exc:
             if exc.code != "not_registered":
                 raise
-            # Declared dead while alive (a long pause, a network blip): register again and
-            # send the call once more; the server applied nothing of it.
+            # Declared dead while alive (a long pause, a network blip), or a standby that
+            # took over: register again and send the call once more, with the same request
+            # ids (a server that already applied a message of it answers without applying).
             log.warning("%s; registering again", exc)
             self._hello()
-            self._exchange(messages, self.config.timeout, attempts, out)
+            self._exchange(messages, self.config.timeout, attempts, out, rids)
         return out
 
     def _exchange(self, messages: list[Message], timeout: float, attempts: int,
-                  out: Arrays | None = None) -> list[Reply]:
+                  out: Arrays | None = None, rids: list[int] | None = None) -> list[Reply]:
         """Send ``messages`` (at most ``max_inflight`` at once) and return their replies.
 
         With ``out``, the arrays each reply carries are received straight into their
@@ -301,7 +303,7 @@ class Client(SessionProperties):
         while queue or inflight:
             while queue and len(inflight) < self.config.max_inflight:
                 index, message = queue.popleft()
-                rid = next(self._ids)
+                rid = rids[index] if rids else next(self._ids)
                 frames = encode_request(message.request(self.client_id, rid))
                 sinks = self._session.sinks(message, out) if out else ()
                 inflight[rid] = _InFlight(index, message, frames, 0.0, attempts, sinks)

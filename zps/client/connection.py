@@ -62,6 +62,7 @@ class Connection:
         encoded: Sequence[EncodedMeta] = (),
         timeout: float,
         attempts: int,
+        request_id: int | None = None,
     ) -> Reply:
         """Send a request and return its successful reply.
 
@@ -72,7 +73,7 @@ class Connection:
         """
         if self._closed:
             raise ClosedError("the client is closed")
-        rid = self._ids.next()
+        rid = request_id if request_id is not None else self._ids.next()
         request = Request(op, self.client_id, rid, tuple(tensors), tuple(names),
                           options or {}, tuple(buffers), tuple(encoded))
         frames = encode_request(request)
@@ -121,6 +122,12 @@ class Connection:
         if future is not None and not future.done():
             future.set_result(reply)
 
+    def fail_pending(self, exc: BaseException) -> None:
+        """Fail every request waiting here with ``exc`` (the shard moved to its standby)."""
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
     async def close(self) -> None:
         """Stop receiving, fail requests in flight, close the socket."""
         if self._closed:
@@ -131,6 +138,10 @@ class Connection:
                 future.set_exception(ClosedError("the client was closed"))
         self._pending.clear()
         self._socket.close()
+
+
+class Switched(Exception):
+    """The shard's standby took over while a request waited (internal: resend there)."""
 
 
 class _AttemptExpired(Exception):
