@@ -306,3 +306,33 @@ def test_async_client_fails_over_too(start_server) -> None:
     final, epoch = asyncio.run(main())
     np.testing.assert_array_equal(final, 20)
     assert epoch == 2
+
+
+def test_sync_rounds_carry_on_across_a_failover(start_server) -> None:
+    primary = start_server(mode="sync", workers=2)
+    standby = start_server(mode="sync", workers=2, standby_of=primary.address)
+    wait_for(lambda: primary.run(lambda: primary.server.core.standby is not None),
+             what="the standby to attach")
+    steps, results = 40, [np.empty(0), np.empty(0)]
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            with zps.Client([primary.address], standbys=[standby.address]) as ps:
+                ps.init({"w": np.zeros(16, np.float32)})
+                for step in range(steps):
+                    results[i] = ps.push_pull({"w": np.full(16, i + 1, np.float32)})["w"]
+                    if i == 0 and step == steps // 2:
+                        primary.stop()  # mid-training: the standby takes over
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    # Every round is the mean of both workers' pushes, each applied exactly once.
+    for r in results:
+        np.testing.assert_array_equal(r, 1.5 * steps)

@@ -13,7 +13,7 @@ import zmq
 
 from zps.client.connection import Connection, RequestIds, Switched
 from zps.client.placement import Layout
-from zps.client.session import Arrays, Message, Session, SessionProperties
+from zps.client.session import HANDOVER_ERRORS, Arrays, Message, Session, SessionProperties
 from zps.config import ClientConfig
 from zps.errors import RejectedError, ZpsError
 from zps.protocol import Op
@@ -47,6 +47,7 @@ class AsyncClient(SessionProperties):
         self._ids: RequestIds | None = None
         self._standbys: list[Connection | None] = []  # per shard, its hot standby
         self._epochs: list[int] = []
+        self._switched: list[asyncio.Event] = []  # set when a shard's standby takes over
         self._watches: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> AsyncClient:
@@ -67,6 +68,7 @@ class AsyncClient(SessionProperties):
                 self._standbys.append(Connection(self._context, standby, self.client_id, ids)
                                       if standby else None)
             self._epochs = [0] * len(self._connections)
+            self._switched = [asyncio.Event() for _ in self._connections]
             await asyncio.gather(*(self._find_primary(i) for i in range(len(self._standbys)))
                                  if any(self._standbys) else ())
             replies = await asyncio.gather(*(self._hello(c) for c in self._connections))
@@ -123,6 +125,8 @@ class AsyncClient(SessionProperties):
             old = self._connections[index]
             self._swap(index)
             old.fail_pending(Switched())
+            self._switched[index].set()
+            self._switched[index] = asyncio.Event()
             self._watch(index)  # the old primary may come back as the new standby
 
         task = asyncio.get_running_loop().create_task(watch())
@@ -272,5 +276,16 @@ class AsyncClient(SessionProperties):
                     break
                 except Switched:
                     continue  # the standby took over: the same request, sent there
+                except RejectedError as exc:
+                    if exc.code not in HANDOVER_ERRORS or \
+                            self._standbys[message.server] is None:
+                        raise
+                    # The primary is stopping, or this is not the primary yet: wait for
+                    # the standby to take over, then send the same request there.
+                    switched = self._switched[message.server]
+                    try:
+                        await asyncio.wait_for(switched.wait(), self.config.timeout)
+                    except TimeoutError:
+                        raise exc from None
         if message.op != Op.PUSH:
             self._session.scatter(reply, message, out)

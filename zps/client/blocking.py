@@ -25,6 +25,7 @@ import zmq
 
 from zps.client.placement import Layout
 from zps.client.session import (
+    HANDOVER_ERRORS,
     Arrays,
     Message,
     Session,
@@ -55,6 +56,7 @@ from zps.transport import (
 )
 
 log = logging.getLogger("zps.client")
+
 
 
 @dataclass(slots=True)
@@ -379,8 +381,9 @@ class Client(SessionProperties):
             epoch = reply.info.get("epoch", server.epoch)
             if sock is not server.socket or (isinstance(epoch, int) and epoch < server.epoch):
                 continue  # from a server this client has left, or a deposed primary
-            if reply.error is not None and reply.error[0] == "not_primary":
-                continue  # the standby has not taken over yet: the retry goes on
+            if reply.error is not None and reply.error[0] in HANDOVER_ERRORS \
+                    and server.alt_socket is not None:
+                continue  # the standby is taking over: the watch (or the retry) goes on
             del inflight[reply.request_id]  # type: ignore[arg-type]
             checked = check_reply(
                 Reply(reply.request_id, reply.tensors, reply.info, reply.error, buffers,

@@ -38,6 +38,9 @@ from zps.protocol import DTYPES, EncodedMeta, Op, Reply, Request, TensorMeta
 
 Arrays = dict[str, np.ndarray]
 
+# Errors that mean "this shard is changing hands" to a client that knows a standby.
+HANDOVER_ERRORS = ("not_primary", "shutting_down")
+
 # Room left for the msgpack header when checking a message against the server's size limit.
 HEADER_ALLOWANCE = 64 * 1024
 

@@ -263,7 +263,6 @@ class ServerCore:
         """Take over as primary with the next epoch."""
         self.role = "primary"
         self.epoch += 1
-        self.rounds.started = self.rounds.started or any(t.version for t in self.store)
         if self._promoted is not None and not self._promoted.done():
             self._promoted.set_result(None)
 

@@ -150,10 +150,14 @@ def public_endpoint(endpoint: str, seen_as: str) -> str:
 
 
 class Publisher:
-    """The primary's PUB socket: every change of the store, and heartbeats."""
+    """The primary's PUB socket: every change of the store, and heartbeats.
+
+    At most ``hwm`` messages wait for a slow standby (changes are at most ``chunk_bytes``
+    each, 4 MiB by default); past that PUB drops, and the standby resyncs by snapshot.
+    """
 
     def __init__(self, context: zmq.Context, bind: str, epoch: int, drop_every: int = 0,
-                 hwm: int = 100_000) -> None:
+                 hwm: int = 256) -> None:
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
@@ -223,7 +227,7 @@ class Follower:
             info = await self._hello()
             sub = self._context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.RCVHWM, 100_000)
+            sub.setsockopt(zmq.RCVHWM, 256)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             connect(sub, public_endpoint(str(info["pub"]), self.primary))
             self._sub = LoopSocket(sub, self._stream.put_nowait)
