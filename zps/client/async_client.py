@@ -15,7 +15,7 @@ from zps.client.connection import Connection, RequestIds, Switched
 from zps.client.placement import Layout
 from zps.client.session import HANDOVER_ERRORS, Arrays, Message, Session, SessionProperties
 from zps.config import ClientConfig
-from zps.errors import RejectedError, ZpsError
+from zps.errors import RejectedError, ServerUnreachable, ZpsError
 from zps.protocol import Op
 
 log = logging.getLogger("zps.client")
@@ -78,6 +78,7 @@ class AsyncClient(SessionProperties):
         if self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         self._session.hello = list(replies)
+        self._epochs = [int(r.get("epoch", 0)) for r in replies]
         for i, alternate in enumerate(self._standbys):
             if alternate is not None:
                 self._watch(i)
@@ -112,10 +113,15 @@ class AsyncClient(SessionProperties):
         assert standby is not None
 
         async def watch() -> None:
-            try:
-                reply = await standby.request(Op.WATCH, timeout=1e9, attempts=1)
-            except ZpsError:
-                return
+            while True:  # re-armed every timeout: a restarted standby forgot the last one
+                try:
+                    reply = await standby.request(Op.WATCH, timeout=self.config.timeout,
+                                                  attempts=1)
+                    break
+                except ServerUnreachable:
+                    continue
+                except ZpsError:
+                    return
             epoch = int(reply.info.get("epoch", 0))
             if self._standbys[index] is not standby or epoch <= self._epochs[index]:
                 return
@@ -124,7 +130,8 @@ class AsyncClient(SessionProperties):
             self._epochs[index] = epoch
             old = self._connections[index]
             self._swap(index)
-            old.fail_pending(Switched())
+            self._session.held.clear()  # delta pulls start again from whole tables
+            old.fail_pending(Switched("the shard's standby took over"))
             self._switched[index].set()
             self._switched[index] = asyncio.Event()
             self._watch(index)  # the old primary may come back as the new standby
@@ -151,7 +158,7 @@ class AsyncClient(SessionProperties):
         """Say goodbye to every server (best effort) and close all sockets."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, ZpsError):
                 await self._heartbeat
             self._heartbeat = None
         for conn in self._connections:

@@ -222,10 +222,7 @@ class Client(SessionProperties):
         self._session.hello = [r.info for r in replies]
         for i, server in enumerate(self._servers):
             if server.alt_socket is not None and i not in self._watches.values():
-                rid = next(self._ids)
-                self._watches[rid] = i
-                send_frames(server.alt_socket,
-                            encode_request(Request(Op.WATCH, self.client_id, rid)))
+                self._watch(i)
 
     def _find_primaries(self) -> None:
         """Point each shard with a standby at whichever of its two servers is primary."""
@@ -329,11 +326,22 @@ class Client(SessionProperties):
         for entry in list(inflight.values()):
             if entry.deadline > now:
                 continue
+            server = self._servers[entry.message.server]
+            if server.alt_socket is not None:
+                self._watch(entry.message.server)  # in case the standby lost the first one
             if entry.attempts_left <= 0:
-                address = self._servers[entry.message.server].address
                 raise ServerUnreachable(
-                    unreachable_message(address, entry.message.op, attempts, timeout))
+                    unreachable_message(server.address, entry.message.op, attempts, timeout))
             self._transmit(entry, timeout)
+
+    def _watch(self, index: int) -> None:
+        """Ask shard ``index``'s standby to answer once it has taken over (a primary
+        answers at once, so a takeover missed while the client was away is noticed)."""
+        server = self._servers[index]
+        assert server.alt_socket is not None
+        rid = next(self._ids)
+        self._watches[rid] = index
+        send_frames(server.alt_socket, encode_request(Request(Op.WATCH, self.client_id, rid)))
 
     def _failover(self, index: int, info: dict[str, Any],
                   inflight: dict[int, _InFlight]) -> None:
@@ -347,15 +355,12 @@ class Client(SessionProperties):
                     server.alt_address, server.address, epoch)
         server.switch()
         server.epoch = epoch
+        self._session.held.clear()  # delta pulls start again from whole tables
         for entry in inflight.values():
             if entry.message.server == index:
                 entry.attempts_left += 1
                 self._transmit(entry, self.config.timeout)
-        # Watch the old primary too: restarted as the new standby, it may take over later.
-        rid = next(self._ids)
-        self._watches[rid] = index
-        assert server.alt_socket is not None
-        send_frames(server.alt_socket, encode_request(Request(Op.WATCH, self.client_id, rid)))
+        self._watch(index)  # the old primary, back as the new standby, may take over later
 
     def _receive(self, sock: zmq.Socket, inflight: dict[int, _InFlight],
                  replies: list[Reply | None], out: Arrays | None) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from zps.client.session import check_reply, first_request_id, unreachable_message
-from zps.errors import ClosedError, ProtocolError, ServerUnreachable
+from zps.errors import ClosedError, ProtocolError, ServerUnreachable, ZpsError
 from zps.protocol import (
     EncodedMeta,
     Op,
@@ -140,8 +140,8 @@ class Connection:
         self._socket.close()
 
 
-class Switched(Exception):
-    """The shard's standby took over while a request waited (internal: resend there)."""
+class Switched(ZpsError):
+    """The shard's standby took over while a request waited (the client resends there)."""
 
 
 class _AttemptExpired(Exception):

@@ -304,18 +304,20 @@ class Session:
             if not isinstance(version, int):
                 raise ZpsError(f"the server's answer for {part.key!r} carries no version")
             if part.key in deltas:
-                copy = self._apply_delta(part.key, deltas[part.key], dense, reply)
+                copy = self._apply_delta(part.key, deltas[part.key], version, dense, reply)
             else:
                 copy = np.array(whole[part.key])
             self.held[part.key] = (version, copy)
             _place(out, part)[...] = copy
 
-    def _apply_delta(self, key: str, delta: Any, dense: list[np.ndarray],
+    def _apply_delta(self, key: str, delta: Any, version: int, dense: list[np.ndarray],
                      reply: Reply) -> np.ndarray:
         """The held copy of ``key`` with a delta reply's steps applied in order."""
         held = self.held.pop(key, None)
         try:
             base, plan = delta
+            if held is not None and held[0] == version:
+                return held[1]  # a resent pull whose first answer already came
             if held is None or held[0] != base:
                 raise ZpsError(f"the server sent the change of {key!r} since version {base}, "
                                f"but this client holds {held[0] if held else 'nothing'}; "

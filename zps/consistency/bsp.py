@@ -101,6 +101,12 @@ class BspRounds(Generic[P]):
             return []
         return [self._close(key, rounds), *self._close_ready(key)]
 
+    def start(self) -> list[ClosedRound[P]]:
+        """Start rounds without waiting for ``min_members`` (e.g. after a takeover);
+        returns the rounds that close now."""
+        self.started = True
+        return [c for key in list(self._keys) for c in self._close_ready(key)]
+
     def set_closed(self, key: str, rounds_closed: int) -> None:
         """Start ``key`` at ``rounds_closed`` closed rounds with nothing open (a standby
         taking over, or a restored checkpoint, resumes the round count)."""

@@ -63,6 +63,9 @@ class ServerCore:
         # Per table: bytes in on the wire, in dense, out on the wire, out in dense.
         self._traffic: dict[str, list[int]] = {}
         self._delta_cache: dict[tuple[str, int, int, str], Compressed] = {}
+        # Sync pushes waiting in a round, (client, table, request id) -> round: recorded in
+        # the dedup window only once applied, so a snapshot never claims them.
+        self._in_rounds: dict[tuple[str, str, int], int] = {}
         self._round_opened: dict[str, float] = {}  # sync: when each open round got a push
         self._waiters: dict[str, list[tuple[Callable[[], bool], asyncio.Future[None]]]] = {}
         self._lead_table: str | None = None
@@ -180,7 +183,9 @@ class ServerCore:
     def _attach_standby(self, request: Request) -> Reply:
         cid = request.client_id
         if self.standby not in (None, cid):
-            self.forget(self.standby, "replaced by a new standby")
+            log.warning("standby %s replaced by %s", self.standby, cid)
+            self.members.remove(self.standby)
+            self.acked = 0  # durable waits now wait for the new standby
         self.members.add(cid, "standby", time.monotonic())
         if self.standby != cid:
             log.info("standby %s attached (replication %s)", cid, self.config.replication)
@@ -204,7 +209,7 @@ class ServerCore:
         seq = request.options.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ProtocolError("bad_header", "option 'seq' must be an int >= 0")
-        self.acked = seq  # after a fresh snapshot it may even go back
+        self.acked = min(seq, self.store.seq)  # after a fresh snapshot it may go back
         self._wake(ACKED)
         return self._reply(request)
 
@@ -252,6 +257,12 @@ class ServerCore:
             self.store.create(change.table, data, make_optimizer(change.optimizer))
             self._lead_table = self._lead_table or change.table
         else:
+            table = self.store.get(change.table)
+            shape = (change.update.encoded.shape if isinstance(change.update, Compressed)
+                     else change.update.shape)
+            if tuple(shape) != table.data.shape or change.version != table.version + 1:
+                raise ProtocolError("bad_frames", f"change {change.seq} does not fit table "
+                                                  f"{change.table!r} here")
             self.store.apply(change.table, change.update, change.scale, change.requests)
             if self.sync:
                 self.rounds.set_closed(change.table, self.rounds.closed(change.table) + 1)
@@ -260,11 +271,20 @@ class ServerCore:
         self.epoch = change.epoch
 
     def promote(self) -> None:
-        """Take over as primary with the next epoch."""
+        """Take over as primary with the next epoch. Sync rounds wait for ``--workers``
+        workers to register again, or at most the liveness window (a worker that died
+        with the old primary must not hold the rest forever)."""
         self.role = "primary"
         self.epoch += 1
+        if self.sync and any(t.version for t in self.store):
+            grace = self.config.heartbeat_interval * self.config.liveness
+            asyncio.get_running_loop().call_later(grace, self.start_rounds)
         if self._promoted is not None and not self._promoted.done():
-            self._promoted.set_result(None)
+            self._promoted.set_result(None)  # answers the clients' watches
+
+    def start_rounds(self) -> None:
+        """Let sync rounds close with whoever is registered."""
+        self._apply_closed(self.rounds.start())
 
     def bye(self, request: Request) -> Reply:
         self.forget(request.client_id, "left")
@@ -291,6 +311,7 @@ class ServerCore:
         self._departed.append({"id": client_id, "role": member.role, "state": why})
         self._read = {k: v for k, v in self._read.items() if k[1] != client_id}
         if member.role == "worker":
+            self._in_rounds = {k: v for k, v in self._in_rounds.items() if k[0] != client_id}
             self._apply_closed(self.rounds.leave(client_id))
             self.clocks.leave(client_id)
             self.rates.leave(client_id)
@@ -413,19 +434,24 @@ class ServerCore:
             raise ProtocolError("bad_header", "option 'weight' must be >= 0")
         rid = request.request_id
         # A retry of an applied push changes nothing (per table: a failover may have lost
-        # the part of a push whose sync round had not closed yet).
-        fresh = {n: a for n, a in arrays.items() if not self.dedup.seen((cid, n), rid)}
+        # the part of a push whose sync round had not closed yet). A retry of one still
+        # waiting in its round waits for that round.
+        waiting = [(n, self._in_rounds[(cid, n, rid)]) for n in arrays
+                   if (cid, n, rid) in self._in_rounds]
+        fresh = {n: a for n, a in arrays.items() if not self.dedup.seen((cid, n), rid)
+                 and (cid, n, rid) not in self._in_rounds}
         if not fresh:
             self.counters["duplicates"] += 1
-            return []
+            return waiting
         if self.kind != "async" and cid not in self.rounds.members:
             raise ProtocolError(
                 "not_registered",
                 f"client {cid} is not a registered worker of this {self.config.mode} job: "
                 "send hello with role 'worker' first (it may have been declared dead)",
             )
-        for name in fresh:
-            self.dedup.record((cid, name), rid)
+        if not self.sync:
+            for name in fresh:
+                self.dedup.record((cid, name), rid)
         self.counters["pushes"] += 1
         wire = [m.nbytes for m in request.tensors] + [
             sum(n for _, n in m.parts) for m in request.encoded]
@@ -436,8 +462,8 @@ class ServerCore:
             traffic[1] += self.store.get(name).data.nbytes if isinstance(update, Compressed) \
                 else nbytes
         if self.sync:
-            return [(name, self._push_to_round(name, cid, (array, weight, rid)))
-                    for name, array in fresh.items()]
+            return waiting + [(name, self._push_to_round(name, cid, (array, weight, rid)))
+                              for name, array in fresh.items()]
         self.rates.observe(cid, loss)
         for name, array in fresh.items():
             table = self.store.get(name)
@@ -469,11 +495,18 @@ class ServerCore:
     def _push_to_round(self, name: str, cid: str, payload: Payload) -> int:
         # An update is based on the newest round its worker knows of: the last one it read,
         # or the one its own previous push went into.
-        based_on = (max(self._read.get((name, cid), 0), self.rounds.last_round(name, cid))
-                    if self._rounds_may_skip else None)
+        read = self._read.get((name, cid))
+        pushed = self.rounds.last_round(name, cid)
+        # A worker this server has seen neither read nor push (this server took over or
+        # restored since) is not late: its update is based on what it saw elsewhere.
+        known = read is not None or pushed > 0
+        based_on = max(read or 0, pushed) if self._rounds_may_skip and known else None
         target, closed = self.rounds.push(name, cid, payload, based_on)
         if target == 0:
             self.counters["dropped"] += 1
+            self.dedup.record((cid, name), payload[2])  # handled: a retry is dropped too
+        else:
+            self._in_rounds[(cid, name, payload[2])] = target
         self._apply_closed(closed)
         if self.rounds.open_count(name) and name not in self._round_opened:
             self._round_opened[name] = time.monotonic()
@@ -494,6 +527,9 @@ class ServerCore:
         for done in closed:
             requests = tuple((m, p[2]) for m, p in zip(done.members, done.payloads,
                                                          strict=True))
+            for member, rid in requests:  # applied now: in the window snapshots carry
+                self._in_rounds.pop((member, done.key, rid), None)
+                self.dedup.record((member, done.key), rid)
             self.store.apply(done.key, self._combine(done.key, done.payloads), 1.0, requests)
             self.counters["rounds"] += 1
             self._round_opened.pop(done.key, None)

@@ -207,7 +207,9 @@ class Follower:
         self._silence = cfg.repl_interval * cfg.repl_liveness
         self._dealer: zmq.Socket | None = None
         self._sub: LoopSocket | None = None
-        self._replies: asyncio.Queue[list[zmq.Frame]] = asyncio.Queue()
+        self._replies: asyncio.Queue[Reply] = asyncio.Queue()
+        self._awaiting: int | None = None  # request id of the call waiting for its reply
+        self.replaced = False
         self._stream: asyncio.Queue[list[zmq.Frame]] = asyncio.Queue()
         self._dealer_loop: LoopSocket | None = None
         self._rid = 1
@@ -222,7 +224,7 @@ class Follower:
         dealer.setsockopt(zmq.LINGER, 0)
         connect(dealer, self.primary)
         self._dealer = dealer
-        self._dealer_loop = LoopSocket(dealer, self._replies.put_nowait)
+        self._dealer_loop = LoopSocket(dealer, self._on_reply)
         try:
             info = await self._hello()
             sub = self._context.socket(zmq.SUB)
@@ -230,7 +232,7 @@ class Follower:
             sub.setsockopt(zmq.RCVHWM, 256)
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             connect(sub, public_endpoint(str(info["pub"]), self.primary))
-            self._sub = LoopSocket(sub, self._stream.put_nowait)
+            self._sub = LoopSocket(sub, self._on_stream)
             self.last_beat = time.monotonic()
             watchdog = asyncio.get_running_loop().create_task(self._watchdog())
             follow = asyncio.get_running_loop().create_task(self._follow())
@@ -247,6 +249,24 @@ class Follower:
         finally:
             self.close()
         self._on_promote()
+
+    def _on_stream(self, frames: list[zmq.Frame]) -> None:
+        # Any message from the primary shows it alive, even while a resync keeps the
+        # queue unread (a long snapshot must not look like a dead primary).
+        self.last_beat = time.monotonic()
+        self._stream.put_nowait(frames)
+
+    def _on_reply(self, frames: list[zmq.Frame]) -> None:
+        """Replies on the request channel: the one a call awaits is queued; the answers to
+        acknowledgements are dropped, unless the primary no longer knows this standby."""
+        try:
+            reply = decode_reply(frames)
+        except ProtocolError:
+            return
+        if reply.request_id == self._awaiting:
+            self._replies.put_nowait(reply)
+        elif reply.error is not None and reply.error[0] == "not_registered":
+            self.replaced = True  # another standby took this one's place
 
     def close(self) -> None:
         for sock in (self._dealer_loop, self._sub):
@@ -275,25 +295,16 @@ class Follower:
     async def _call(self, op: Op, options: dict[str, Any], timeout: float) -> Reply:
         assert self._dealer_loop is not None
         self._rid += 1
-        rid = self._rid
+        rid = self._awaiting = self._rid
         self._dealer_loop.send(encode_request(Request(op, self.client_id, rid,
                                                       options=options)))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError
-            try:
-                frames = await asyncio.wait_for(self._replies.get(), left)
-            except TimeoutError:
-                raise TimeoutError from None
-            reply = decode_reply(frames)
-            if reply.request_id != rid:
-                continue  # a late answer to an earlier attempt
-            if reply.error is not None:
-                raise ProtocolError(*reply.error)
-            return reply
+        try:
+            reply = await asyncio.wait_for(self._replies.get(), timeout)
+        finally:
+            self._awaiting = None
+        if reply.error is not None:
+            raise ProtocolError(*reply.error)
+        return reply
 
     def _ack(self) -> None:
         if self._dealer_loop is not None:
@@ -307,6 +318,9 @@ class Follower:
         interval = self.core.config.repl_interval
         while True:
             await asyncio.sleep(interval)
+            if self.replaced:
+                raise ProtocolError("replaced", f"another standby of {self.primary} took "
+                                                "this one's place; stopping")
             silent = time.monotonic() - self.last_beat
             if silent > self._silence:
                 log.warning("primary %s silent for %.2f s", self.primary, silent)
@@ -365,7 +379,11 @@ class Follower:
                         "snapshot", store.seq, change.seq)
             self._needs_resync = True
             return
-        self.core.apply_replicated(change)
+        try:
+            self.core.apply_replicated(change)
+        except ZpsError as exc:
+            log.warning("%s; fetching a fresh snapshot", exc)
+            self._needs_resync = True
 
     _needs_resync = False
 
