@@ -64,6 +64,22 @@ def connect(sock: zmq.Socket, address: str) -> None:
         ) from None
 
 
+def open_socket(context: zmq.Context, kind: int, address: str,
+                **options: int | bytes) -> zmq.Socket:
+    """A ``kind`` socket (LINGER 0, then ``options`` as ZMQ option names) connected to
+    ``address``; closed again if the address is malformed (``ConfigError``)."""
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        connect(sock, address)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
 def readable(sock: zmq.Socket) -> bool:
     """True if a message is queued on ``sock`` (also re-arms its edge-triggered descriptor)."""
     return bool(_get(sock, _EVENTS) & _POLLIN)

@@ -46,9 +46,9 @@ from zps.protocol import (
 )
 from zps.protocol.framing import frame_sizes
 from zps.transport import (
-    connect,
     discard_rest,
     more_frames,
+    open_socket,
     readable,
     recv_frame,
     recv_frame_into,
@@ -135,13 +135,7 @@ class Client(SessionProperties):
                 self.config.heartbeat_interval)
 
     def _dealer(self, address: str) -> zmq.Socket:
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            connect(sock, address)
-        except BaseException:
-            sock.close(linger=0)
-            raise
+        sock = open_socket(self._context, zmq.DEALER, address)
         self._poller.register(sock, zmq.POLLIN)
         return sock
 

@@ -25,7 +25,7 @@ from zps.protocol import (
     decode_reply,
     encode_request,
 )
-from zps.transport import LoopSocket, connect
+from zps.transport import LoopSocket, open_socket
 
 log = logging.getLogger("zps.client")
 
@@ -41,14 +41,7 @@ class Connection:
         self.server_id: str | None = None
         self._ids = ids
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            connect(sock, address)
-        except BaseException:
-            sock.close(linger=0)
-            raise
-        self._socket = LoopSocket(sock, self._on_reply)
+        self._socket = LoopSocket(open_socket(context, zmq.DEALER, address), self._on_reply)
         self._closed = False
 
     async def request(

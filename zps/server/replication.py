@@ -35,7 +35,7 @@ from zps.protocol.framing import decode_reply, encode_request
 from zps.protocol.messages import PART_DTYPES
 from zps.store import Change
 from zps.store.snapshot import Snapshot, snapshot_frames, snapshot_from_frames
-from zps.transport import LoopSocket, connect
+from zps.transport import LoopSocket, open_socket
 
 log = logging.getLogger("zps.replication")
 
@@ -220,18 +220,14 @@ class Follower:
 
     async def run(self) -> None:
         """Follow the primary until it goes silent, then promote (returns after that)."""
-        dealer = self._context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        connect(dealer, self.primary)
+        dealer = open_socket(self._context, zmq.DEALER, self.primary)
         self._dealer = dealer
         self._dealer_loop = LoopSocket(dealer, self._on_reply)
         try:
             info = await self._hello()
-            sub = self._context.socket(zmq.SUB)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.RCVHWM, 256)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            connect(sub, public_endpoint(str(info["pub"]), self.primary))
+            sub = open_socket(self._context, zmq.SUB,
+                              public_endpoint(str(info["pub"]), self.primary),
+                              RCVHWM=256, SUBSCRIBE=b"")
             self._sub = LoopSocket(sub, self._on_stream)
             self.last_beat = time.monotonic()
             watchdog = asyncio.get_running_loop().create_task(self._watchdog())
