@@ -155,7 +155,8 @@ class Server:
     def _start_publishing(self) -> None:
         bind = self.config.pub_bind or _free_port_on(self.address)
         self._publisher = Publisher(self._context, bind, self.core.epoch,
-                                    self.config.inject_pub_drops)
+                                    self.config.inject_pub_drops,
+                                    active=lambda: self.core.standby is not None)
         self.core.pub_endpoint = self._publisher.endpoint
         self.core.store.subscribe(self._publisher.publish)
         self.core.replication_info = lambda: {"published_to": self.core.pub_endpoint}

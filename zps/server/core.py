@@ -193,9 +193,13 @@ class ServerCore:
         return self._reply(request, info=self._hello_info())
 
     def _require_standby(self, request: Request) -> None:
-        if request.client_id != self.standby:
-            raise ProtocolError("not_registered", "only the attached standby may ask for "
-                                                  "this: send hello with role 'standby'")
+        if request.client_id == self.standby:
+            return
+        if self.standby is not None:
+            raise ProtocolError("replaced", f"standby {self.standby} has taken this one's "
+                                            "place")
+        raise ProtocolError("not_registered", "only the attached standby may ask for this: "
+                                              "send hello with role 'standby'")
 
     def snapshot(self, request: Request) -> Reply:
         """A consistent copy of every table, at the current change number."""

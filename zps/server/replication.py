@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -157,7 +157,7 @@ class Publisher:
     """
 
     def __init__(self, context: zmq.Context, bind: str, epoch: int, drop_every: int = 0,
-                 hwm: int = 256) -> None:
+                 hwm: int = 256, active: Callable[[], bool] = lambda: True) -> None:
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
@@ -166,11 +166,16 @@ class Publisher:
         self._socket.bind(bind)
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.epoch = epoch
+        self._active = active  # whether a standby is attached (else changes go nowhere)
         self._drop_every = drop_every
         self._count = 0
         self.dropped = 0
 
     def publish(self, change: Change) -> None:
+        # A standby says hello before it subscribes, and its snapshot covers everything
+        # before that: with none attached, nothing needs the stream.
+        if not self._active():
+            return
         self._count += 1
         if self._drop_every and self._count % self._drop_every == 0:
             self.dropped += 1  # injected loss (tests): the standby must notice the gap
@@ -210,6 +215,7 @@ class Follower:
         self._replies: asyncio.Queue[Reply] = asyncio.Queue()
         self._awaiting: int | None = None  # request id of the call waiting for its reply
         self.replaced = False
+        self._rejoin = False
         self._stream: asyncio.Queue[list[zmq.Frame]] = asyncio.Queue()
         self._dealer_loop: LoopSocket | None = None
         self._rid = 1
@@ -261,8 +267,10 @@ class Follower:
             return
         if reply.request_id == self._awaiting:
             self._replies.put_nowait(reply)
-        elif reply.error is not None and reply.error[0] == "not_registered":
+        elif reply.error is not None and reply.error[0] == "replaced":
             self.replaced = True  # another standby took this one's place
+        elif reply.error is not None and reply.error[0] == "not_registered":
+            self._rejoin = True  # the primary declared this standby dead: attach again
 
     def close(self) -> None:
         for sock in (self._dealer_loop, self._sub):
@@ -331,6 +339,11 @@ class Follower:
             self._take(frames)
             while not self._stream.empty():  # drain, then acknowledge once
                 self._take(self._stream.get_nowait())
+            if self._rejoin:  # declared dead by the primary: say hello, copy afresh
+                self._rejoin = False
+                log.warning("the primary had dropped this standby; attaching again")
+                await self._hello()
+                self._needs_resync = True
             # A heartbeat comes after the changes it counts: holding fewer is a gap.
             if self._needs_resync or self.core.store.seq < self.primary_seq:
                 if not self._needs_resync:
@@ -391,6 +404,11 @@ class Follower:
                 reply = await self._call(Op.SNAPSHOT, {}, timeout=max(5.0, self._silence * 4))
             except TimeoutError:
                 continue  # the watchdog decides whether the primary is gone
+            except ProtocolError as exc:
+                if exc.code != "not_registered":
+                    raise
+                await self._hello()
+                continue
             try:
                 snapshot = snapshot_from_frames([reply.info.get("snapshot"), *reply.buffers])
                 self.core.install_snapshot(snapshot)
