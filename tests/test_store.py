@@ -26,7 +26,7 @@ def test_apply_numbers_changes_and_bumps_versions() -> None:
     np.testing.assert_array_equal(store.get("w").data, [1.5, 1.5, 1.5])
     assert (c1.seq, c2.seq, store.seq) == (2, 3, 3)  # the create was change 1
     assert store.get("w").version == 2 and seen == [c1, c2]
-    assert store.changes_since(1) == [c1, c2] and store.changes_since(3) == []
+    assert store.table_changes("w", 0) == [c1, c2] and store.table_changes("w", 2) == []
     store.create("v", np.ones(2))
     created = seen[-1]
     assert (created.kind, created.seq, created.table, store.seq) == ("create", 4, "v", 4)
@@ -67,8 +67,8 @@ def test_change_log_is_bounded() -> None:
     store.create("w", np.zeros(1))
     for _ in range(5):
         store.apply("w", np.ones(1))
-    assert store.changes_since(0) is None  # the log no longer reaches back
-    assert [c.seq for c in store.changes_since(3) or []] == [4, 5, 6]
+    assert store.table_changes("w", 0) is None  # the log no longer reaches back
+    assert [c.version for c in store.table_changes("w", 2) or []] == [3, 4, 5]
 
 
 def test_dedup_window() -> None:

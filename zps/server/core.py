@@ -63,6 +63,7 @@ class ServerCore:
         # Per table: bytes in on the wire, in dense, out on the wire, out in dense.
         self._traffic: dict[str, list[int]] = {}
         self._delta_cache: dict[tuple[str, int, int, str], Compressed] = {}
+        self._pull_codecs: dict[str, Codec] = {}  # pull codecs by name, built once
         # Sync pushes waiting in a round, (client, table, request id) -> round: recorded in
         # the dedup window only once applied, so a snapshot never claims them.
         self._in_rounds: dict[tuple[str, str, int], int] = {}
@@ -412,10 +413,12 @@ class ServerCore:
             raise ProtocolError("bad_header", "option 'have' must map tables of this request "
                                               "to the versions the client holds (ints >= 0)")
         spec = request.options.get("pull_codec", "none")
-        try:
-            codec = make_codec(spec) if isinstance(spec, str) else None
-        except ValueError:
-            codec = None
+        codec = self._pull_codecs.get(spec) if isinstance(spec, str) else None
+        if codec is None and isinstance(spec, str) and len(self._pull_codecs) < 64:
+            try:
+                codec = self._pull_codecs[spec] = make_codec(spec)
+            except ValueError:
+                codec = None
         if codec is None:
             raise ProtocolError("bad_header", f"unknown pull codec {spec!r}; known: "
                                               f"{', '.join(CODECS)}")
@@ -426,9 +429,10 @@ class ServerCore:
 
         Returns, in sync mode, the round each table's update went into (0: dropped).
         """
-        arrays: dict[str, np.ndarray | Compressed] = dict(request.arrays())
-        for name, dense in request.arrays().items():
+        dense_arrays = request.arrays()
+        for name, dense in dense_arrays.items():
             self._check_same(self.store.get(name), dense, "push")
+        arrays: dict[str, np.ndarray | Compressed] = dict(dense_arrays)
         for name, (meta, parts) in request.encoded_parts().items():
             arrays[name] = self._compressed(self.store.get(name), meta, parts)
         cid = request.client_id

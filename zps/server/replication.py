@@ -169,7 +169,6 @@ class Publisher:
         self._active = active  # whether a standby is attached (else changes go nowhere)
         self._drop_every = drop_every
         self._count = 0
-        self.dropped = 0
 
     def publish(self, change: Change) -> None:
         # A standby says hello before it subscribes, and its snapshot covers everything
@@ -178,8 +177,7 @@ class Publisher:
             return
         self._count += 1
         if self._drop_every and self._count % self._drop_every == 0:
-            self.dropped += 1  # injected loss (tests): the standby must notice the gap
-            return
+            return  # injected loss (tests): the standby must notice the gap
         # PUB never blocks: past the high-water mark it drops, and the standby, seeing
         # the gap, fetches a fresh snapshot.
         self._socket.send_multipart(change_frames(change, self.epoch), copy=False)
@@ -210,7 +208,6 @@ class Follower:
         self._on_promote = on_promote
         cfg = core.config
         self._silence = cfg.repl_interval * cfg.repl_liveness
-        self._dealer: zmq.Socket | None = None
         self._sub: LoopSocket | None = None
         self._replies: asyncio.Queue[Reply] = asyncio.Queue()
         self._awaiting: int | None = None  # request id of the call waiting for its reply
@@ -226,9 +223,8 @@ class Follower:
 
     async def run(self) -> None:
         """Follow the primary until it goes silent, then promote (returns after that)."""
-        dealer = open_socket(self._context, zmq.DEALER, self.primary)
-        self._dealer = dealer
-        self._dealer_loop = LoopSocket(dealer, self._on_reply)
+        self._dealer_loop = LoopSocket(open_socket(self._context, zmq.DEALER, self.primary),
+                                       self._on_reply)
         try:
             info = await self._hello()
             sub = open_socket(self._context, zmq.SUB,

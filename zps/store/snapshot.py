@@ -144,7 +144,7 @@ def restore_store(snapshot: Snapshot, log_entries: int = 1024,
                   log_bytes: int = 256 << 20) -> Store:
     """A new ``Store`` equal to ``snapshot``: same bits, versions, ``seq`` and optimizers
     (settings, steps and state), with writable copies of every array and an empty change
-    log (so ``changes_since`` an older seq says the log does not reach back).
+    log (so ``table_changes`` from an older version says the log does not reach back).
 
     Raises ``SnapshotError`` if a table's optimizer settings are invalid.
     """

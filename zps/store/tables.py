@@ -161,14 +161,6 @@ class Store:
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback)
 
-    def changes_since(self, seq: int) -> list[Change] | None:
-        """Logged changes after ``seq`` in order, or None if the log no longer reaches back."""
-        if seq >= self.seq:
-            return []
-        if not self._log or self._log[0].seq > seq + 1:
-            return None
-        return [c for c in self._log if c.seq > seq]
-
     def table_changes(self, name: str, since: int) -> list[Change] | None:
         """The logged changes of table ``name`` after its version ``since``, oldest first;
         None when the log no longer reaches back that far (or ``since`` is not a version
