@@ -48,8 +48,22 @@ def test_leaving_member_releases_the_round() -> None:
     rounds.join("a")
     rounds.join("b")
     rounds.push("w", "a", 1)
-    closed = rounds.leave("b")
-    assert [(c.round, c.members) for c in closed] == [(1, ("a",))]
+    closed, dropped = rounds.leave("b")
+    assert [(c.round, c.members) for c in closed] == [(1, ("a",))] and dropped == []
+
+
+def test_leaving_member_returns_its_queued_pushes_and_keeps_the_open_one() -> None:
+    rounds: BspRounds[int] = BspRounds()
+    for m in "abc":
+        rounds.join(m)
+    rounds.push("w", "a", 1)
+    rounds.push("w", "b", 10)
+    rounds.push("w", "a", 2)  # queued for round 2
+    rounds.push("w", "a", 3)  # and round 3
+    closed, dropped = rounds.leave("a")
+    assert closed == [] and dropped == [("w", 2), ("w", 3)]
+    _, closed = rounds.push("w", "c", 100)  # round 1 closes with a's push in it
+    assert [c.payloads for c in closed] == [(1, 10, 100)]
 
 
 def test_keys_are_independent() -> None:
@@ -73,12 +87,14 @@ def test_rounds_never_close_twice_and_no_push_applies_twice(min_members: int, sc
     applied: list[int] = []
     closed_numbers: dict[str, list[int]] = {"w": [], "v": []}
     pushed: list[int] = []
+    dropped: list[int] = []
     for serial, (kind, member, key) in enumerate(script):
         if kind == "join":
             rounds.join(member)
             done = []
         elif kind == "leave":
-            done = rounds.leave(member)
+            done, gone = rounds.leave(member)
+            dropped.extend(p for _, p in gone)
         elif member in rounds.members:
             pushed.append(serial)
             _, done = rounds.push(key, member, serial)
@@ -92,11 +108,13 @@ def test_rounds_never_close_twice_and_no_push_applies_twice(min_members: int, sc
         assert numbers == list(range(1, len(numbers) + 1))  # each round closes once, in order
     assert len(applied) == len(set(applied))  # no push applied twice
     assert set(applied) <= set(pushed)
-    # Everyone leaves: every push of a member still present is applied, none lost.
+    # Everyone leaves: every push is applied, dropped (and returned) or still open, once.
     for m in list(rounds.members):
-        for c in rounds.leave(m):
-            applied.extend(c.payloads)
-    assert len(applied) == len(set(applied))
+        done, gone = rounds.leave(m)
+        applied.extend(p for c in done for p in c.payloads)
+        dropped.extend(p for _, p in gone)
+    still = [p for key in ("w", "v") for p in rounds.open_payloads(key)]
+    assert sorted(applied + dropped + still) == sorted(pushed)
 
 
 def test_quorum_closes_with_the_first_k_and_drops_late_pushes() -> None:
@@ -143,7 +161,7 @@ def test_quorum_rounds_apply_each_push_at_most_once(quorum: int, late, script) -
             rounds.join(member)
             continue
         if kind == "leave":
-            done = rounds.leave(member)
+            done, _ = rounds.leave(member)
         elif member in rounds.members:
             _, done = rounds.push(key, member, serial, based_on=seen.get((key, member), 0))
             seen[(key, member)] = rounds.closed(key)  # the worker pulls after its push

@@ -12,7 +12,15 @@ import zmq
 
 import zps
 import zps.protocol
-from zps.protocol import Op, Request, TensorMeta, decode_reply, encode_request
+from zps.protocol import (
+    PROTOCOL_VERSION,
+    UPDATE_OPS,
+    Op,
+    Request,
+    TensorMeta,
+    decode_reply,
+    encode_request,
+)
 
 from .conftest import ServerThread
 
@@ -26,8 +34,11 @@ def raw_dealer(address: str) -> zmq.Socket:
 
 
 def raw_request(sock: zmq.Socket, op: Op, rid: int, client: str = "raw", **kw: Any) -> Any:
+    """Send one request by hand; updates carry the watermark ``rid`` unless given."""
     arrays = kw.pop("arrays", {})
     metas = tuple(TensorMeta.of(n, a) for n, a in arrays.items())
+    if op in UPDATE_OPS:
+        kw.setdefault("watermark", rid)
     sock.send_multipart(encode_request(Request(op, client, rid, metas, buffers=tuple(
         arrays.values()), **kw)))
     return decode_reply(sock.recv_multipart())
@@ -160,15 +171,16 @@ def test_garbage_gets_errors_while_a_real_client_keeps_working(start_server) -> 
         try:
             garbage = [
                 [b"\xff\x00garbage"],
-                [msgpack.packb({"v": 1, "op": "push", "c": "x", "r": 5,
+                [msgpack.packb({"v": PROTOCOL_VERSION, "op": "push", "c": "x", "r": 5,
                                 "t": [["w", "float32", [4], 16]]}), b"short"],
-                [msgpack.packb({"v": 1, "op": "push", "c": "x", "r": 6,
+                [msgpack.packb({"v": PROTOCOL_VERSION, "op": "push", "c": "x", "r": 6,
                                 "t": [["w", "float32", [2], 8]]}), b"\0" * 8],
-                [msgpack.packb({"v": 1, "op": "push", "c": "x", "r": 7,
+                [msgpack.packb({"v": PROTOCOL_VERSION, "op": "push", "c": "x", "r": 7,
                                 "t": [["w", "int64", [4], 32]]}), b"\0" * 32],
-                [msgpack.packb({"v": 1, "op": "push", "c": "x", "r": 10,
+                [msgpack.packb({"v": PROTOCOL_VERSION, "op": "push", "c": "x", "r": 10, "w": 10,
                                 "t": [["w", "float32", [4], 16]]}), b"\0" * 16],
-                [msgpack.packb({"v": 1, "op": "pull", "c": "x", "r": 8, "n": ["nope"]})],
+                [msgpack.packb({"v": PROTOCOL_VERSION, "op": "pull", "c": "x", "r": 8,
+                                "n": ["nope"]})],
                 [msgpack.packb({"v": 9, "op": "pull", "c": "x", "r": 9, "n": ["w"]})],
             ]
             codes = []
@@ -282,7 +294,7 @@ def test_a_client_cannot_change_its_role(start_server) -> None:
         assert raw_request(sock, Op.HELLO, 1, client="x", options={"role": "observer"}).ok
         reply = raw_request(sock, Op.HELLO, 2, client="x", options={"role": "worker"})
         assert reply.error is not None and "cannot change" in reply.error[1]
-        assert server.run(lambda: server.server.core.rounds.members) == set()
+        assert server.run(lambda: server.server.core.rounds.bsp.members) == set()
     finally:
         sock.close()
 
@@ -328,7 +340,7 @@ def test_reply_arrays_that_disagree_with_their_header_are_not_used() -> None:
         while True:
             peer, raw = router.recv_multipart()[:2]
             head = msgpack.unpackb(raw)
-            reply = {"v": 1, "r": head["r"], "i": {"sid": "fake"}}
+            reply = {"v": PROTOCOL_VERSION, "r": head["r"], "i": {"sid": "fake"}}
             if head["op"] == "hello":
                 router.send_multipart([peer, msgpack.packb(reply)])
             elif head["op"] in ("init", "pull"):

@@ -30,6 +30,7 @@ def meta_of(name: str, enc: Encoded) -> EncodedMeta:
 
 def send_encoded(sock: zmq.Socket, rid: int, name: str, enc: Encoded,
                  op: Op = Op.PUSH, **kw: Any) -> Any:
+    kw.setdefault("watermark", rid)
     request = Request(op, "raw", rid, encoded=(meta_of(name, enc),), buffers=enc.parts, **kw)
     sock.send_multipart(encode_request(request))
     return decode_reply(sock.recv_multipart())

@@ -91,8 +91,7 @@ def test_ssp_never_lets_the_fastest_read_more_than_k_ahead(start_server) -> None
         runner.start()
         # Clock k + 1 reached, and its read held: the slow worker is still at 0.
         wait_for(lambda: counter(server, "pushes") == k + 1, what="the fast worker's pushes")
-        wait_for(lambda: server.run(lambda: sum(len(w) for w in
-                                                server.server.core._waiters.values())) == 1,
+        wait_for(lambda: server.run(lambda: len(server.server.core.state.waiters)) == 1,
                  what="the fast worker to be held")
         assert len(reads) == k
         slow.push_pull({"w": np.ones(2)})  # slow reaches clock 1: fast may go one further

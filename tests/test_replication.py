@@ -17,7 +17,7 @@ import pytest
 import zps
 from zps.cli.cluster import LocalCluster
 from zps.protocol import Op
-from zps.store.snapshot import latest_checkpoint
+from zps.store import latest_checkpoint
 
 from .conftest import ROOT, ServerThread, python_env, run_cli, wait_for
 from .test_client_server import raw_dealer, raw_request
@@ -94,7 +94,7 @@ def test_a_standby_refuses_requests_until_it_takes_over(start_server) -> None:
 def test_sync_replication_acknowledges_only_what_the_standby_holds(start_server) -> None:
     primary = start_server(mode="async", replication="sync")
     standby = start_server(mode="async", standby_of=primary.address)
-    wait_for(lambda: primary.run(lambda: primary.server.core.standby is not None),
+    wait_for(lambda: primary.run(lambda: primary.server.core.replica.standby is not None),
              what="the standby to attach")
     wait_for(lambda: standby.run(lambda: standby.server._follower.synced.is_set()),
              what="the standby to hold a snapshot")
@@ -147,6 +147,12 @@ def test_delta_pulls_start_afresh_after_a_failover(start_server) -> None:
         np.testing.assert_array_equal(ps.pull()["w"], table_of(standby, "w"))
 
 
+def applied_ids(server: ServerThread, client: str) -> list[int]:
+    """The request ids a snapshot of ``server`` would say ``client`` had applied."""
+    rows = server.run(lambda: server.server.core.extra_state()["identity"])
+    return [i for row in rows if row[0] == client for _, ids in row[3] for i in ids]
+
+
 def test_pushes_waiting_in_a_round_are_not_in_snapshots(start_server) -> None:
     server = start_server(mode="sync", workers=2)
     a, b = (zps.Client([server.address], client_id=f"w{i}") for i in range(2))
@@ -154,12 +160,10 @@ def test_pushes_waiting_in_a_round_are_not_in_snapshots(start_server) -> None:
         for c in (a, b):
             c.init({"w": np.zeros(4, np.float32)})
         a.push({"w": np.ones(4)})  # acknowledged once its round is open; not applied yet
-        dedup = server.run(lambda: server.server.core.extra_state()["dedup"])
-        assert not any(key[0] == "w0" for key, _ in dedup)  # a standby must not skip it
+        assert not applied_ids(server, "w0")  # a standby must not skip it
         b.push({"w": np.ones(4)})
-        wait_for(lambda: server.run(lambda: any(
-            key[0] == "w0" for key, _ in server.server.core.extra_state()["dedup"])),
-            what="the applied round to enter the dedup window")
+        wait_for(lambda: applied_ids(server, "w0"),
+                 what="the applied round to enter the request identity")
     finally:
         a.close()
         b.close()
@@ -353,7 +357,7 @@ def test_async_client_fails_over_too(start_server) -> None:
 def test_sync_rounds_carry_on_across_a_failover(start_server) -> None:
     primary = start_server(mode="sync", workers=2)
     standby = start_server(mode="sync", workers=2, standby_of=primary.address)
-    wait_for(lambda: primary.run(lambda: primary.server.core.standby is not None),
+    wait_for(lambda: primary.run(lambda: primary.server.core.replica.standby is not None),
              what="the standby to attach")
     steps, results = 40, [np.empty(0), np.empty(0)]
     errors: list[BaseException] = []

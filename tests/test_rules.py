@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,8 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from zps.consistency.aggregate import aggregate, parse_rule, trim_count
 from zps.consistency.rates import Rates
-from zps.errors import ProtocolError
-from zps.store import make_optimizer
+from zps.store import BadOptimizer, make_optimizer
 
 
 def ups(*values: float) -> list[np.ndarray]:
@@ -93,5 +94,16 @@ def test_sgd_momentum_and_adam_steps() -> None:
     {"name": "sgd", "lr": float("inf")}, {"name": "adam", "lr": 0.1, "eps": float("nan")},
 ])
 def test_bad_optimizer_specs_are_refused(spec: object) -> None:
-    with pytest.raises(ProtocolError):
+    with pytest.raises(BadOptimizer):
         make_optimizer(spec)
+
+
+def test_loss_rule_stays_finite_with_huge_losses() -> None:
+    """Regression: two finite but huge losses made eta NaN (inf / inf) and the table NaN."""
+    rates = Rates("loss", 0.5)
+    for member in ("a", "b"):
+        rates.observe(member, 1e308)
+    rates.observe("a", -1e308)  # the decrease overflows to inf
+    rates.observe("b", 1e308)
+    for member in ("a", "b"):
+        assert math.isfinite(rates.eta(member, 1)) and rates.eta(member, 1) >= 0

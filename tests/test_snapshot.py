@@ -30,7 +30,7 @@ from zps.store import (
     take_snapshot,
     write_checkpoint,
 )
-from zps.store.snapshot import FILE_MAGIC
+from zps.store.checkpoint import FILE_MAGIC
 
 EXTRA: dict[str, Any] = {"rounds": {"w": 3}, "dedup": [["client-1", "w", [4, 5]]],
                          "none": None, "f": 1.5, "b": b"\x00"}
@@ -280,7 +280,7 @@ def test_specific_frame_problems_are_named() -> None:
     _refused([*frames[:-1], b"\0" * (frames[-1].nbytes + 8)], "bytes but its header says")
     _refused([*frames[:1], np.zeros((4, 4))[:, :2], *frames[2:]], "contiguous")
     for path, value, match in [
-        (("format",), 2, "format version 2"),
+        (("format",), 1, "format version 1"),
         (("magic",), "other", "magic"),
         (("seq",), -1, "seq"),
         (("tables", 0, "data", 0), "int64", "dtype"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zps.errors import ProtocolError
-from zps.store import DedupWindow, Store
+from zps.store import Store, UnknownTable, freeze_snapshot, make_optimizer, take_snapshot
+from zps.store.errors import TableConflict, TableMismatch
 
 
 class FakeSend:
@@ -42,13 +42,21 @@ def test_create_copies_the_initial_value() -> None:
     np.testing.assert_array_equal(store.get("w").data, [0, 0])
 
 
-def test_unknown_table_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError) as info:
+def test_unknown_table_is_a_domain_error() -> None:
+    with pytest.raises(UnknownTable, match="call init"):
         Store().get("nope")
-    assert info.value.code == "unknown_table"
 
 
-def test_update_copies_on_write_while_a_send_reads_the_buffer() -> None:
+def test_table_checks_name_the_mismatch() -> None:
+    table = Store().create("w", np.zeros((2, 3), np.float32))
+    with pytest.raises(TableMismatch, match=r"float64\[3\]"):
+        table.check((3,), "float64", "push")
+    with pytest.raises(TableConflict):
+        table.check((2, 2), "float32", "init")
+    table.check((2, 3), "float32", "push")
+
+
+def test_update_writes_elsewhere_while_a_send_reads_the_buffer() -> None:
     store = Store()
     table = store.create("w", np.zeros(4, np.float32))
     sent = table.data
@@ -56,10 +64,46 @@ def test_update_copies_on_write_while_a_send_reads_the_buffer() -> None:
     store.apply("w", np.ones(4, np.float32))
     np.testing.assert_array_equal(sent, 0)  # the in-flight reply still sees the old value
     np.testing.assert_array_equal(table.data, 1)
+    assert table.swaps == 1
     current = table.data
     table.pin(FakeSend(done=True))
     store.apply("w", np.ones(4, np.float32))
     assert table.data is current  # nothing reading: updated in place
+
+
+def test_double_buffering_reuses_the_spare_once_its_readers_are_done() -> None:
+    """Regression for the whole-table copy per update under zero-copy replies: a busy
+    buffer is swapped with a spare (one pass, no allocation once the spare exists)."""
+    table = Store().create("w", np.zeros(8, np.float32))
+    first, second = FakeSend(done=False), FakeSend(done=False)
+    a = table.data
+    table.pin(first)
+    table.apply(np.ones(8, np.float32), 1.0)
+    b = table.data
+    table.pin(second)
+    first.done = True  # a's reader finished: a is the spare now
+    table.apply(np.ones(8, np.float32), 2.0)
+    assert table.data is a and table.swaps == 2
+    np.testing.assert_array_equal(table.data, 3)
+    np.testing.assert_array_equal(b, 1)  # still read by ``second``: untouched
+
+
+def test_frozen_snapshot_copies_nothing_and_stays_unchanged() -> None:
+    store = Store()
+    store.create("w", np.zeros(4, np.float32))
+    store.create("m", np.zeros(3), make_optimizer({"name": "adam", "lr": 0.1}))
+    store.apply("m", np.ones(3))
+    hold = FakeSend(done=False)
+    frozen = freeze_snapshot(store, 1, {}, hold)
+    copied = take_snapshot(store, 1, {})
+    w = frozen.tables[0].data
+    assert w is store.get("w").data  # no copy
+    for _ in range(3):
+        store.apply("w", np.ones(4, np.float32))
+        store.apply("m", np.ones(3))
+    assert frozen == copied  # every array, optimizer state included, as it was
+    hold.done = True
+    store.apply("w", np.ones(4, np.float32))  # released: updates may reuse the buffers
 
 
 def test_change_log_is_bounded() -> None:
@@ -71,17 +115,8 @@ def test_change_log_is_bounded() -> None:
     assert [c.version for c in store.table_changes("w", 2) or []] == [3, 4, 5]
 
 
-def test_dedup_window() -> None:
-    dedup = DedupWindow(per_client=2)
-    dedup.record("a", 1)
-    assert dedup.seen("a", 1) and not dedup.seen("b", 1)
-    dedup.record("a", 2)
-    dedup.record("a", 3)
-    assert not dedup.seen("a", 1) and dedup.seen("a", 3)
-
-
 def test_finished_readers_are_forgotten() -> None:
     table = Store().create("w", np.zeros(2))
     for _ in range(100):
         table.pin(FakeSend(done=True))
-    assert len(table._readers) == 1
+    assert len(table._pins) == 1

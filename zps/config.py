@@ -87,3 +87,4 @@ class ClientConfig:
     # Hot standbys, one per server in the same order ("" for a server without one): the
     # client switches to a standby when it takes over from its primary.
     standbys: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)  # bounds on the replies it accepts

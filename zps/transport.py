@@ -36,6 +36,8 @@ _get: Callable[[zmq.Socket, int], int] = zmq.backend.Socket.get  # type: ignore[
 
 # Frames at least this large are sent zero-copy; smaller ones are cheaper to copy.
 ZERO_COPY_BYTES = 64 * 1024
+# Messages handled per wake-up before other callbacks (timers, other sockets) get a turn.
+DRAIN_BATCH = 256
 
 
 def _nbytes(frame: Any) -> int:
@@ -62,6 +64,33 @@ def connect(sock: zmq.Socket, address: str) -> None:
         raise ConfigError(
             f"invalid server address {address!r} ({exc.strerror}); use tcp://HOST:PORT"
         ) from None
+
+
+def check_endpoint(address: str, what: str = "address") -> str:
+    """``address`` if it is a usable ZeroMQ endpoint (``tcp://HOST:PORT`` with PORT in
+    0..65535 or ``*``, ``ipc://``, ``inproc://``); else a ``ConfigError`` that says why.
+    ZeroMQ itself would take port 99999 as 34463 (modulo 65536) without a word."""
+    if address.startswith(("ipc://", "inproc://")) and len(address.split("://", 1)[1]) > 0:
+        return address
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if not address.startswith("tcp://") or not host or not (
+            port == "*" or (port.isdigit() and int(port) <= 65535)):
+        raise ConfigError(f"{what} {address!r} must look like tcp://HOST:PORT with a port "
+                          "from 0 to 65535 (or *)")
+    return address
+
+
+def bind(sock: zmq.Socket, address: str, what: str) -> str:
+    """Bind ``sock`` to ``address`` (port 0 or * picks a free one) and return the endpoint
+    actually bound; ``ConfigError`` naming ``what`` and the address if it cannot."""
+    check_endpoint(address, what)
+    endpoint = address[:-2] + ":*" if address.startswith("tcp://") and address.endswith(":0") \
+        else address
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"cannot bind {what} to {address}: {exc.strerror}") from None
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 def open_socket(context: zmq.Context, kind: int, address: str,
@@ -116,16 +145,20 @@ def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
 
 
 class LoopSocket:
-    """A non-blocking ZeroMQ socket whose incoming messages go to ``on_message``.
+    """A non-blocking ZeroMQ socket whose incoming messages go to ``on_message``, or, with
+    ``on_readable``, that calls it to read them itself (receiving frames into arrays of
+    its own). ``on_readable`` must read every message queued.
 
     Sends never block: a socket at its high-water mark raises ``zmq.Again`` to the caller.
     ``close()`` stops watching the descriptor and closes the socket.
     """
 
-    def __init__(self, sock: zmq.Socket, on_message: OnMessage,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, sock: zmq.Socket, on_message: OnMessage | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 on_readable: Callable[[zmq.Socket], None] | None = None) -> None:
         self.socket = sock
         self._on_message = on_message
+        self._on_readable = on_readable
         self._loop = loop or asyncio.get_running_loop()
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._scheduled = False
@@ -152,15 +185,26 @@ class LoopSocket:
     def _drain(self) -> None:
         self._scheduled = False
         sock = self.socket
-        while not self._closed and readable(sock):
+        if self._on_readable is not None:
+            if not self._closed:
+                try:
+                    self._on_readable(sock)
+                except Exception:
+                    log.exception("error reading from a socket")
+            return
+        assert self._on_message is not None
+        for _ in range(DRAIN_BATCH):
+            if self._closed or not readable(sock):
+                return
             try:
                 frames = recv_frames(sock)
             except zmq.Again:
-                break
+                return
             try:
                 self._on_message(frames)
             except Exception:  # a failing handler must not strand the messages behind it
                 log.exception("error handling a message; dropped it")
+        self._schedule()  # more are waiting: after the loop's other callbacks
 
     def close(self, linger: float = 0.0) -> None:
         """Stop watching the socket and close it, giving queued messages ``linger`` s."""

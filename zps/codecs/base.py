@@ -16,10 +16,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from zps.errors import ProtocolError
+from zps.codecs.blocks import add_scaled_chunks
+from zps.codecs.errors import CodecError
 
-# Elements decoded at a time by decode_add: bounds the temporary a decode needs.
-DECODE_BLOCK = 1 << 18
+# The dense dtypes a compressed tensor may stand for.
+DENSE_DTYPES = frozenset({"float32", "float64"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +49,30 @@ class Codec(Protocol):
     name: str
     lossless: bool
 
-    def encode(self, xp: ModuleType, array: Any) -> Encoded: ...
+    def encode(self, xp: ModuleType, array: Any) -> Encoded:
+        """``array`` compressed (its parts never alias it, except for lossless ``none``).
+        Lossy codecs raise ``ValueError`` if it holds NaN or inf."""
+        ...
 
     def part_specs(self, size: int, dtype: str,
                    params: dict[str, Any]) -> list[tuple[str, int]]:
-        """The (dtype, length) each part must have for ``size`` elements of ``dtype``."""
+        """The (dtype, length) each part must have for ``size`` elements of ``dtype``;
+        ``CodecError`` (``bad_header``) if ``params`` are wrong."""
         ...
 
     def decode_add(self, encoded: Encoded, out: np.ndarray, scale: float = 1.0) -> None:
         """``out += scale * decode(encoded)``, in blocks (``out`` is C-contiguous)."""
+        ...
+
+
+class FeedbackCodec(Codec, Protocol):
+    """A lossy codec that computes its own error while encoding (see ``ErrorFeedback``)."""
+
+    def encode_feedback(self, xp: ModuleType, buf: Any) -> Encoded:
+        """``buf`` compressed, like ``encode``; on return ``buf`` holds what the encoding
+        dropped (``buf - decode(encoded)``), computed a block at a time. ``buf`` must be a
+        writable C-contiguous float array; ``ValueError`` if not, or if it holds NaN or
+        inf (then ``buf`` is unchanged)."""
         ...
 
 
@@ -68,34 +84,79 @@ def decode(codec: Codec, encoded: Encoded) -> np.ndarray:
 
 
 def check_parts(codec: Codec, encoded: Encoded) -> None:
-    """Validate an encoded tensor from the wire; ``ProtocolError`` naming the problem."""
-    specs = codec.part_specs(encoded.size, encoded.dtype, encoded.params)
-    if len(specs) != len(encoded.parts):
-        raise ProtocolError("bad_frames", f"codec {codec.name} needs {len(specs)} buffers for a "
-                                          f"tensor, got {len(encoded.parts)}")
-    for i, ((dtype, length), part) in enumerate(zip(specs, encoded.parts, strict=True)):
-        if part.dtype != np.dtype(dtype) or part.size != length:
-            raise ProtocolError(
-                "bad_frames",
-                f"codec {codec.name} buffer {i} must be {length} x {dtype}, "
-                f"got {part.size} x {part.dtype}",
-            )
-        if part.dtype.kind == "f" and part.size and not np.isfinite(part).all():
-            raise ProtocolError("bad_frames", f"codec {codec.name} buffer {i} holds NaN or inf")
+    """Validate an encoded tensor from the wire before it touches any state.
+
+    Raises ``CodecError``, and nothing else whatever the input: code ``bad_header`` for a
+    bad shape, dtype or params, ``bad_frames`` for buffers of the wrong number, dtype or
+    length, holding NaN or inf, or (topk) indices out of range, unsorted or repeated.
+    """
+    specs = codec.part_specs(_checked_size(encoded), encoded.dtype, encoded.params)
+    parts = encoded.parts
+    if not isinstance(parts, tuple | list) or len(specs) != len(parts):
+        count = len(parts) if isinstance(parts, tuple | list) else type(parts).__name__
+        raise CodecError("bad_frames", f"codec {codec.name} needs {len(specs)} buffers for a "
+                                       f"tensor, got {count}")
+    for i, ((dtype, length), part) in enumerate(zip(specs, parts, strict=True)):
+        if not (isinstance(part, np.ndarray) and part.ndim == 1
+                and part.dtype == np.dtype(dtype) and part.size == length):
+            got = (f"{part.size} x {part.dtype}" if isinstance(part, np.ndarray)
+                   else type(part).__name__)
+            raise CodecError("bad_frames", f"codec {codec.name} buffer {i} must be "
+                                           f"{length} x {dtype}, got {got}")
+        if part.dtype.kind == "f" and not all_finite(np, part):
+            raise CodecError("bad_frames", f"codec {codec.name} buffer {i} holds NaN or inf")
     check = getattr(codec, "check", None)
     if check is not None:
         check(encoded)
 
 
+def _checked_size(encoded: Encoded) -> int:
+    shape, dtype = encoded.shape, encoded.dtype
+    if not (isinstance(shape, tuple) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise CodecError("bad_header", f"a tensor shape must be a tuple of sizes >= 0, got "
+                                       f"{str(shape)[:64]}")
+    if not isinstance(dtype, str) or dtype not in DENSE_DTYPES:
+        raise CodecError("bad_header", f"a compressed tensor's dtype must be one of "
+                                       f"{', '.join(sorted(DENSE_DTYPES))}, got {dtype!r:.64}")
+    return math.prod(shape)
+
+
+def all_finite(xp: ModuleType, array: Any) -> bool:
+    """Whether ``array`` holds no NaN or inf: min and max propagate both, and unlike
+    ``isfinite(array).all()`` they need no temporary as big as the array."""
+    if not array.size:
+        return True
+    return bool(xp.isfinite(array.min())) and bool(xp.isfinite(array.max()))
+
+
 def require_finite(xp: ModuleType, array: Any, what: str = "update") -> None:
-    """Lossy codecs refuse NaN and inf: they would poison scales and residuals."""
-    if array.size and not bool(xp.isfinite(array).all()):
+    """Lossy codecs refuse NaN and inf (``ValueError``): they would poison scales and
+    residuals."""
+    if not all_finite(xp, array):
         raise ValueError(f"the {what} contains NaN or inf; lossy codecs cannot encode it")
 
 
 def flat(array: Any) -> Any:
     """A 1-D view (or copy, if not contiguous) of ``array``."""
     return array.reshape(-1)
+
+
+def feedback_view(buf: Any) -> Any:
+    """A 1-D view of an ``encode_feedback`` buffer, which the encoder writes through:
+    ``ValueError`` unless ``buf`` is a writable, C-contiguous float array."""
+    if not (buf.flags.c_contiguous and getattr(buf.flags, "writeable", True)
+            and buf.dtype.kind == "f"):
+        raise ValueError("error feedback needs a writable, C-contiguous float buffer")
+    return buf.reshape(-1)
+
+
+def out_view(out: np.ndarray) -> np.ndarray:
+    """A 1-D view of a decode target; ``ValueError`` if it is not C-contiguous (a reshaped
+    copy would take the update and drop it)."""
+    if not out.flags.c_contiguous:
+        raise ValueError("decode_add needs a C-contiguous output array")
+    return out.reshape(-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +178,39 @@ class Compressed:
         return decode(self.codec, self.encoded)
 
 
-def add_scaled(out: np.ndarray, update: np.ndarray | Compressed, scale: float = 1.0) -> None:
+def add_scaled(out: np.ndarray, update: np.ndarray | Compressed, scale: float = 1.0, *,
+               base: np.ndarray | None = None) -> None:
     """``out += scale * update`` in place, exactly as a server applies a change (a replica
-    that applies the same changes in the same order holds the same bits)."""
+    that applies the same changes in the same order holds the same bits).
+
+    With ``base`` (an array of ``out``'s shape and dtype, not overlapping it), writes
+    ``out = base + scale * update`` instead, with the bits of copying ``base`` into ``out``
+    first: for double-buffered tables. A dense product is rounded to ``out``'s dtype
+    before the add, and made a block at a time. ``ValueError`` for mismatched arrays.
+    """
+    source = out if base is None or base is out else _checked_base(out, base)
     if isinstance(update, Compressed):
+        if source is not out:
+            np.copyto(out, source)
         update.add_into(out, scale)
-    elif scale != 1.0:
-        out += np.multiply(update, scale, dtype=out.dtype)
-    else:
-        np.add(out, update, out=out)
+    elif scale == 1.0:
+        np.add(source, update, out=out)
+    elif update.shape == out.shape and _flat_views(out, source, update):
+        add_scaled_chunks(out.reshape(-1), source.reshape(-1), update.reshape(-1),
+                          out.dtype.type(scale))
+    else:  # broadcast or strided: numpy's own loop, one temporary
+        np.add(source, np.multiply(update, scale, dtype=out.dtype), out=out)
+
+
+def _checked_base(out: np.ndarray, base: np.ndarray) -> np.ndarray:
+    if base.shape != out.shape or base.dtype != out.dtype:
+        raise ValueError(f"base {base.dtype}{list(base.shape)} does not match the output "
+                         f"{out.dtype}{list(out.shape)}")
+    if np.may_share_memory(out, base):
+        raise ValueError("base and the output overlap: pass two separate arrays")
+    return base
+
+
+def _flat_views(*arrays: np.ndarray) -> bool:
+    """Whether each array reshapes to 1-D without a copy (writes must reach ``out``)."""
+    return all(a.flags.c_contiguous for a in arrays)

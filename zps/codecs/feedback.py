@@ -3,39 +3,65 @@ lost over time (the sum of decoded updates tracks the sum of the true ones)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from zps.codecs.base import Codec, Encoded
+import numpy as np
+
+from zps.codecs.base import Codec, Encoded, all_finite, require_finite
 
 
 class ErrorFeedback:
-    """Per table, the residual ``e``: send ``C(delta + e)``, keep ``e' = delta + e - D(C(...))``."""
+    """Per tensor name, the residual ``e``: send ``C(delta + e)``, keep
+    ``e' = delta + e - D(C(delta + e))``.
+
+    The residual is one buffer per name, made on the first push (a copy of ``delta``) and
+    updated in place after: ``e += delta``, then the codec's ``encode_feedback`` leaves the
+    new residual in it. Lossless codecs keep none.
+    """
 
     def __init__(self, codec: Codec, xp: ModuleType) -> None:
+        """``TypeError`` if ``codec`` is lossy but cannot compute its own error."""
+        fused = getattr(codec, "encode_feedback", None)
+        if not codec.lossless and fused is None:
+            raise TypeError(f"codec {codec.name} is lossy but has no encode_feedback, which "
+                            "error feedback needs")
+        self._fused: Callable[[ModuleType, Any], Encoded] | None = (
+            None if codec.lossless else fused)
         self.codec = codec
         self.xp = xp
         self.residuals: dict[str, Any] = {}
 
     def encode(self, name: str, delta: Any) -> Encoded:
+        """``delta`` plus the residual kept for ``name``, encoded.
+
+        Raises ``ValueError`` if ``delta`` holds NaN or inf (the residual is left as it
+        was), or if its shape or dtype differs from the residual's; if the codec refuses
+        the sum (int8 or sign on float64 values beyond float32's range), the residual
+        keeps it. A sum beyond the float range is clipped to it, so the residual always
+        stays finite.
+        """
+        if self._fused is None:
+            return self.codec.encode(self.xp, delta)
+        require_finite(self.xp, delta)
         residual = self.residuals.get(name)
-        compensated = delta + residual if residual is not None else delta.copy()
-        encoded = self.codec.encode(self.xp, compensated)
-        if not self.codec.lossless:
-            self.residuals[name] = compensated - self._decoded(encoded)
-        return encoded
+        if residual is None:
+            residual = self.residuals[name] = delta.copy()  # C-contiguous, delta's dtype
+        else:
+            self._accumulate(name, residual, delta)
+        return self._fused(self.xp, residual)
 
-    def _decoded(self, encoded: Encoded) -> Any:
-        """The decoded update, on the encoder's device."""
-        import numpy as np
-
-        from zps.codecs.base import decode
-
-        host = Encoded(encoded.codec, encoded.shape, encoded.dtype,
-                       tuple(_to_host(p) for p in encoded.parts), encoded.params)
-        dense = decode(self.codec, host)
-        return dense if self.xp is np else self.xp.asarray(dense)
-
-
-def _to_host(array: Any) -> Any:
-    return array.get() if hasattr(array, "get") else array
+    def _accumulate(self, name: str, residual: Any, delta: Any) -> None:
+        if residual.shape != delta.shape or residual.dtype != delta.dtype:
+            raise ValueError(f"{name!r} was {residual.dtype}{list(residual.shape)} and is now "
+                             f"{delta.dtype}{list(delta.shape)}: error feedback needs the same "
+                             "shape and dtype each push")
+        xp = self.xp
+        with np.errstate(over="ignore"):  # overflow is handled just below
+            xp.add(residual, delta, out=residual)
+        if not all_finite(xp, residual):
+            # Two finite values can only sum to +-inf: saturate rather than poison every
+            # later push (encoders refuse inf).
+            limit = np.finfo(residual.dtype).max
+            xp.clip(residual, -limit, limit, out=residual)

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from zps.codecs.base import DECODE_BLOCK, Encoded, flat, require_finite
+from zps.codecs.base import Encoded, feedback_view, flat, out_view, require_finite
+from zps.codecs.blocks import CHUNK, cast_add
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -19,6 +20,7 @@ class NoCodec:
     lossless = True
 
     def encode(self, xp: ModuleType, array: Any) -> Encoded:
+        """The values themselves, as one flat part (a view of ``array`` where it can be)."""
         return Encoded(self.name, tuple(array.shape), str(array.dtype), (flat(array),))
 
     def part_specs(self, size: int, dtype: str,
@@ -26,7 +28,7 @@ class NoCodec:
         return [(dtype, size)]
 
     def decode_add(self, encoded: Encoded, out: np.ndarray, scale: float = 1.0) -> None:
-        _add_blocks(np.asarray(encoded.parts[0]), out.reshape(-1), scale)
+        cast_add(out_view(out), np.asarray(encoded.parts[0]), out.dtype.type(scale))
 
 
 class Fp16Codec:
@@ -37,8 +39,23 @@ class Fp16Codec:
     lossless = False
 
     def encode(self, xp: ModuleType, array: Any) -> Encoded:
+        """``array`` rounded to float16; ``ValueError`` if it holds NaN or inf."""
+        return self._encode(xp, array, feedback=False)
+
+    def encode_feedback(self, xp: ModuleType, buf: Any) -> Encoded:
+        """As ``encode``; ``buf`` is left holding ``buf - float(half(buf))``."""
+        return self._encode(xp, buf, feedback=True)
+
+    def _encode(self, xp: ModuleType, array: Any, feedback: bool) -> Encoded:
         require_finite(xp, array)
-        half = xp.clip(flat(array), -FP16_MAX, FP16_MAX).astype(xp.float16)
+        values = feedback_view(array) if feedback else flat(array)
+        half = xp.empty(values.size, xp.float16)
+        for start in range(0, values.size, CHUNK):
+            piece = values[start:start + CHUNK]
+            sent = half[start:start + CHUNK]
+            sent[...] = xp.clip(piece, -FP16_MAX, FP16_MAX)  # the assignment rounds to fp16
+            if feedback:
+                piece -= sent.astype(piece.dtype)
         return Encoded(self.name, tuple(array.shape), str(array.dtype), (half,))
 
     def part_specs(self, size: int, dtype: str,
@@ -46,13 +63,4 @@ class Fp16Codec:
         return [("float16", size)]
 
     def decode_add(self, encoded: Encoded, out: np.ndarray, scale: float = 1.0) -> None:
-        _add_blocks(np.asarray(encoded.parts[0]), out.reshape(-1), scale)
-
-
-def _add_blocks(values: np.ndarray, out: np.ndarray, scale: float) -> None:
-    """``out += scale * values`` a block at a time (values may be a narrower dtype)."""
-    for start in range(0, out.size, DECODE_BLOCK):
-        block = values[start:start + DECODE_BLOCK].astype(out.dtype)
-        if scale != 1.0:
-            block *= scale
-        out[start:start + DECODE_BLOCK] += block
+        cast_add(out_view(out), np.asarray(encoded.parts[0]), out.dtype.type(scale))

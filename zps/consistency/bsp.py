@@ -62,17 +62,20 @@ class BspRounds(Generic[P]):
         if len(self.members) >= self.min_members:
             self.started = True
 
-    def leave(self, member: str) -> list[ClosedRound[P]]:
+    def leave(self, member: str) -> tuple[list[ClosedRound[P]], list[tuple[str, P]]]:
         """Remove a member (bye or declared dead) and what is kept about it; rounds waiting
-        only on it close now. If it comes back, it starts afresh."""
+        only on it close now. Its push already in an open round is applied with that round;
+        its queued pushes for later rounds are dropped and returned as (key, payload), so
+        the caller can fail their replies. If it comes back, it starts afresh."""
         self.members.discard(member)
         self.dropped.pop(member, None)
         self.straggles.pop(member, None)
-        for rounds in self._keys.values():
-            # Its queued pushes go; one already in the open round is applied with it.
+        dropped: list[tuple[str, P]] = []
+        for key, rounds in self._keys.items():
+            dropped.extend((key, p) for m, p in rounds.queued if m == member)
             rounds.queued = deque((m, p) for m, p in rounds.queued if m != member)
             rounds.last_round.pop(member, None)
-        return [c for key in list(self._keys) for c in self._close_ready(key)]
+        return [c for key in list(self._keys) for c in self._close_ready(key)], dropped
 
     def push(self, key: str, member: str, payload: P,
              based_on: int | None = None) -> tuple[int, list[ClosedRound[P]]]:
@@ -116,6 +119,11 @@ class BspRounds(Generic[P]):
         """How many rounds of ``key`` have closed."""
         rounds = self._keys.get(key)
         return rounds.closed if rounds else 0
+
+    def open_payloads(self, key: str) -> list[P]:
+        """The payloads in the open round of ``key``, in arrival order."""
+        rounds = self._keys.get(key)
+        return list(rounds.open.values()) if rounds else []
 
     def open_count(self, key: str) -> int:
         """How many members have pushed to the open round of ``key``."""

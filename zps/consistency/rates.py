@@ -14,6 +14,7 @@ from __future__ import annotations
 RATE_RULES = ("constant", "staleness", "loss")
 
 _FLOOR = 1e-3  # the least usefulness a worker can have, so nobody is shut out for good
+_CEILING = 1e30  # the most: two huge (finite) losses must not make the rates inf or NaN
 _DECAY = 0.9
 
 
@@ -40,8 +41,9 @@ class Rates:
         previous = self._last_loss.get(member)
         self._last_loss[member] = loss
         if previous is not None:
-            gain = max(previous - loss, 0.0)
-            self._usefulness[member] = max(_FLOOR, _DECAY * useful + (1 - _DECAY) * gain)
+            gain = min(max(previous - loss, 0.0), _CEILING)  # the difference may overflow
+            self._usefulness[member] = min(_CEILING, max(
+                _FLOOR, _DECAY * useful + (1 - _DECAY) * gain))
 
     def eta(self, member: str, staleness: int) -> float:
         """The rate for ``member``'s push to a table ``staleness`` updates past its read."""

@@ -2,7 +2,8 @@
 
 A message is one msgpack header frame followed by one raw buffer frame per tensor. The
 header lists the tensors (name, dtype, shape, byte count) in frame order, so the receiver
-can check every buffer before it looks at a single byte of array data.
+can check every buffer before it looks at a single byte of array data. The same framing
+carries requests and replies (DEALER/ROUTER) and the replication stream (PUB/SUB).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from typing import Any
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Table element types a server will store. Anything else is refused before it reaches state.
 DTYPES: frozenset[str] = frozenset({"float32", "float64"})
-
+# Element types a compressed tensor's buffers may have (the codecs' parts), and that a
+# reply's frames may have (snapshot chunks carry their header as uint8).
+PART_DTYPES: frozenset[str] = frozenset({"int8", "uint8", "int32", "float16", *DTYPES})
 
 # ``dtype.name`` is computed on every access; the hot path looks names up here instead.
-_DTYPE_NAMES: dict[np.dtype, str] = {np.dtype(name): name for name in DTYPES}
+_DTYPE_NAMES: dict[np.dtype, str] = {np.dtype(name): name for name in PART_DTYPES}
 
 
 class Op(enum.StrEnum):
@@ -36,7 +39,8 @@ class Op(enum.StrEnum):
     STATS = "stats"
     BYE = "bye"
     # Replication and failover.
-    SNAPSHOT = "snapshot"  # a standby asks its primary for a consistent copy of everything
+    SNAPSHOT = "snapshot"  # a standby asks for a consistent copy: the manifest and header
+    SNAPSHOT_CHUNK = "snapshot_chunk"  # then reads its arrays a bounded piece at a time
     ACK = "ack"  # a standby tells its primary the sequence number it holds
     WATCH = "watch"  # a client asks a standby to answer once it has taken over
 
@@ -44,6 +48,8 @@ class Op(enum.StrEnum):
 # Ops whose message carries tensors, and ops that carry names only.
 TENSOR_OPS: frozenset[Op] = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL})
 NAME_OPS: frozenset[Op] = frozenset({Op.PULL})
+# Ops that change state: they carry the client's watermark and are deduplicated.
+UPDATE_OPS: frozenset[Op] = frozenset({Op.PUSH, Op.PUSH_PULL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +68,6 @@ class TensorMeta:
         return cls(name, dtype, array.shape, array.nbytes)
 
 
-# Element types a compressed tensor's buffers may have (the codecs' parts).
-PART_DTYPES: frozenset[str] = frozenset({"int8", "uint8", "int32", "float16", *DTYPES})
-
-
 @dataclass(frozen=True, slots=True)
 class EncodedMeta:
     """Describes one compressed tensor: its codec, the dense shape and dtype it decodes
@@ -81,7 +83,11 @@ class EncodedMeta:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A client's request, as decoded and validated by the server."""
+    """A client's request, as decoded and validated by the server.
+
+    ``watermark`` is the client's lowest request id still unfinished: every request of
+    this client below it has been answered or given up, so the server may forget it.
+    """
 
     op: Op
     client_id: str
@@ -91,6 +97,7 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
     buffers: tuple[Any, ...] = ()  # one per tensor, then each encoded tensor's parts
     encoded: tuple[EncodedMeta, ...] = ()
+    watermark: int | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The tensors as read-only NumPy views on the received frames (no copy)."""
@@ -100,6 +107,10 @@ class Request:
         """Each compressed tensor with its parts as NumPy views on the frames."""
         return {meta.name: (meta, parts)
                 for meta, parts in encoded_views(self.tensors, self.encoded, self.buffers)}
+
+    def table_names(self) -> list[str]:
+        """The tables this request is about: its tensors' names, compressed ones, names."""
+        return [*(m.name for m in self.tensors), *(m.name for m in self.encoded), *self.names]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,49 @@ class Reply:
     def encoded_list(self) -> list[tuple[EncodedMeta, tuple[np.ndarray, ...]]]:
         """The compressed tensors in frame order, parts as NumPy views on the frames."""
         return list(encoded_views(self.tensors, self.encoded, self.buffers))
+
+
+ClientRequest = tuple[str, int, int]  # (client id, request id, that client's watermark)
+
+
+@dataclass(frozen=True, slots=True)
+class Replicated:
+    """One numbered change on the replication stream: a table created (``kind`` "create",
+    its initial value) or an update applied ("apply": what the primary's ``Store.apply``
+    was given, dense or compressed, and its scale), with the requests it carries so a
+    standby's request identity follows the primary's. ``meta`` holds the table's
+    optimizer settings (create) and the cluster layout when the primary knows it."""
+
+    seq: int
+    epoch: int
+    table: str
+    version: int
+    kind: str
+    scale: float
+    requests: tuple[ClientRequest, ...]
+    meta: dict[str, Any]
+    tensor: TensorMeta | None
+    encoded: EncodedMeta | None
+    buffers: tuple[Any, ...]
+
+    def dense(self) -> np.ndarray | None:
+        """The dense update (or initial value) as a view on its frame, if it is dense."""
+        return as_array(self.tensor, self.buffers[0]) if self.tensor is not None else None
+
+    def parts(self) -> tuple[np.ndarray, ...]:
+        """The compressed update's parts as views on their frames."""
+        if self.encoded is None:
+            return ()
+        return tuple(np.frombuffer(b, dtype=d)
+                     for (d, _), b in zip(self.encoded.parts, self.buffers, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A primary's heartbeat on the replication stream: its change number and epoch."""
+
+    seq: int
+    epoch: int
 
 
 def encoded_views(

@@ -1,4 +1,5 @@
-"""The zps server: an asyncio ROUTER shell around handlers, store and consistency."""
+"""The zps server: a sans-IO core (handlers, push acceptance, rounds, reads, replica state,
+waiters, stats) and the asyncio shell around it (ROUTER loop, publisher, follower)."""
 
 from zps.server.app import Server
 from zps.server.core import ServerCore

@@ -1,8 +1,8 @@
 """The asyncio shell of a server: a ROUTER socket feeding ``ServerCore``.
 
-Receive, decode (validated), dispatch to a handler, send the reply. Replies that must
-wait for a sync round run as tasks the server owns and cancels on close. Large arrays go
-out zero-copy; the table is pinned until ZeroMQ has finished reading its buffer.
+Receive, decode (validated), hand the request to the core, send the replies it returns.
+Large table buffers go out zero-copy; the core names them (leases) and the shell pins each
+with the send's tracker. Every task the server starts is owned and cancelled on close.
 """
 
 from __future__ import annotations
@@ -18,30 +18,28 @@ from typing import Any
 import zmq
 
 from zps.config import ServerConfig
-from zps.errors import ProtocolError
-from zps.protocol import DecodeError, Reply, decode_request, encode_reply
+from zps.errors import ConfigError, ProtocolError
+from zps.protocol import DecodeError, decode_request, encode_reply
+from zps.server.checkpoints import Checkpoints, check_writable
 from zps.server.core import ServerCore
-from zps.server.replication import Follower, Publisher
-from zps.store.snapshot import (
-    SnapshotError,
-    latest_checkpoint,
-    read_checkpoint,
-    take_snapshot,
-    write_checkpoint,
-)
-from zps.transport import ZERO_COPY_BYTES, LoopSocket
+from zps.server.follower import Follower
+from zps.server.publisher import Publisher
+from zps.server.replies import Outgoing
+from zps.store import Change, SnapshotError, latest_checkpoint, read_checkpoint
+from zps.transport import ZERO_COPY_BYTES, LoopSocket, bind
 
 log = logging.getLogger("zps.server")
 
-# On shutdown, how long error replies to waiting pulls may take to leave.
-SHUTDOWN_FLUSH_SECONDS = 1.0
+SHUTDOWN_FLUSH_SECONDS = 1.0  # how long error replies to waiting requests may take to leave
 
 
 class Server:
     """One zps server process: ``async with Server(config) as server: await server.serve()``.
 
-    ``address`` is the endpoint actually bound (useful with port 0 or ``*``).
-    ``close()`` stops receiving, fails pulls still waiting for a round and closes the socket.
+    ``address`` is the endpoint actually bound (useful with port 0 or ``*``). ``stop()``
+    (safe from a signal handler) makes ``serve()`` return; ``close()`` fails the requests
+    still waiting, writes the final checkpoint and closes everything; calling it again
+    waits for the same shutdown.
     """
 
     def __init__(self, config: ServerConfig, context: zmq.Context | None = None) -> None:
@@ -52,12 +50,12 @@ class Server:
         self._context = context or zmq.Context()
         self._socket: LoopSocket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._replies: set[asyncio.Task[Any]] = set()  # replies waiting for a round
-        self._closed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
         self._publisher: Publisher | None = None
         self._follower: Follower | None = None
+        self._checkpoints: Checkpoints | None = None
         self.failed = ""  # why the server stopped on its own (empty: it did not)
-        self._checkpointed = -1  # change number of the newest checkpoint written
         self.address = ""
 
     async def __aenter__(self) -> Server:
@@ -68,43 +66,49 @@ class Server:
         await self.close()
 
     def start(self) -> None:
-        """Bind the ROUTER socket and start serving in the background (after restoring the
-        newest checkpoint of ``config.restore``: ``SnapshotError`` if it is unusable)."""
-        if self.config.restore:
-            self._restore(Path(self.config.restore))
+        """Check the checkpoint folder, restore (``SnapshotError`` if unusable), bind the
+        ROUTER socket (``ConfigError`` naming the address) and serve in the background."""
+        cfg = self.config
+        if cfg.checkpoint_dir:
+            try:
+                check_writable(Path(cfg.checkpoint_dir))
+            except OSError as exc:
+                raise ConfigError(f"cannot write checkpoints to {cfg.checkpoint_dir}: "
+                                  f"{exc.strerror or exc}") from None
+            self._checkpoints = Checkpoints(self.core, Path(cfg.checkpoint_dir))
+        if cfg.restore:
+            self._restore(Path(cfg.restore))
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
-        sock.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+        sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, cfg.rcvhwm)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client keeps its identity
         # ZeroMQ drops a peer that sends a larger frame before buffering it whole; the
         # protocol check in decode_request then answers messages over the limit in total.
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
-        bind = self.config.bind
-        if bind.startswith("tcp://") and bind.endswith(":0"):
-            bind = bind[:-2] + ":*"
-        sock.bind(bind)
-        self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._socket = LoopSocket(sock, self._dispatch)
-        self._own(self._reap_loop())
-        if self.config.checkpoint_dir and (self.config.checkpoint_every > 0
-                                           or self.config.checkpoint_rounds > 0):
-            self._own(self._checkpoint_loop())
+        sock.setsockopt(zmq.MAXMSGSIZE, cfg.limits.max_message_bytes)
+        try:
+            self.address = bind(sock, cfg.bind, "the server (--bind)")
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self._socket = LoopSocket(sock, self._on_message)
+        self._own(self._tick_loop())
+        if self._checkpoints is not None and (cfg.checkpoint_every > 0
+                                              or cfg.checkpoint_rounds > 0):
+            self._own(self._checkpoints.run(cfg.checkpoint_every, cfg.checkpoint_rounds,
+                                            cfg.repl_interval))
         if self.core.role == "primary":
             self._start_publishing()
-            log.info(
-                "zps-server %s listening on %s (mode %s, waiting for %d workers; "
-                "changes published on %s)", self.server_id, self.address, self.config.mode,
-                self.config.workers, self.core.pub_endpoint,
-            )
+            log.info("zps-server %s listening on %s (mode %s, waiting for %d workers; "
+                     "changes published on %s)", self.server_id, self.address, cfg.mode,
+                     cfg.workers, self.core.replica.pub_endpoint)
         else:
-            self._follower = Follower(self.core, self._context, self.config.standby_of,
-                                      f"standby-{self.server_id}", self._promote)
+            self._follower = Follower(self.core, self._context, cfg.standby_of,
+                                      f"standby-{self.server_id}")
             self.core.replication_info = self._follower_info
-            task = self._own(self._follow())
-            task.add_done_callback(self._follow_done)
+            self._own(self._follow())
             log.info("zps-server %s listening on %s as hot standby of %s (epoch %d)",
-                     self.server_id, self.address, self.config.standby_of, self.core.epoch)
+                     self.server_id, self.address, cfg.standby_of, self.core.epoch)
 
     def _restore(self, folder: Path) -> None:
         path = latest_checkpoint(folder)
@@ -112,55 +116,41 @@ class Server:
             raise SnapshotError(f"no checkpoint in {folder} to restore (files ckpt-*.zps); "
                                 "check --restore, or start without it")
         snapshot = read_checkpoint(path)
-        self.core.install_snapshot(snapshot)
-        self._checkpointed = snapshot.seq
+        try:
+            self.core.install_snapshot(snapshot, adopt=True)
+        except ProtocolError as exc:
+            raise SnapshotError(f"checkpoint {path}: {exc}") from None
+        if self._checkpoints is not None:
+            self._checkpoints.written = snapshot.seq
         log.info("restored %s: change %d, epoch %d, %d tables", path, snapshot.seq,
                  snapshot.epoch, len(snapshot.tables))
 
-    def checkpoint(self) -> Path | None:
-        """Write a checkpoint now (synchronously); None if nothing changed since the last."""
-        if not self.config.checkpoint_dir or self.core.role != "primary" \
-                or self.core.store.seq == self._checkpointed:
-            return None
-        snapshot = take_snapshot(self.core.store, self.core.epoch, self.core.extra_state())
-        path = write_checkpoint(Path(self.config.checkpoint_dir), snapshot)
-        self._checkpointed = snapshot.seq
-        log.info("checkpoint %s written (change %d)", path, snapshot.seq)
-        return path
+    async def checkpoint(self) -> Path | None:
+        """Write a checkpoint now; None if nothing changed since the last one."""
+        return await self._checkpoints.write() if self._checkpoints is not None else None
 
-    async def _checkpoint_loop(self) -> None:
-        """Checkpoints every checkpoint_every seconds, or every checkpoint_rounds rounds:
-        the snapshot is taken on the loop (consistent), the file written in a thread."""
-        every, rounds = self.config.checkpoint_every, self.config.checkpoint_rounds
-        last_round = 0
-        while True:
-            await asyncio.sleep(every if every > 0 else self.config.repl_interval)
-            if every <= 0:
-                closed = self.core.counters["rounds"]
-                if not rounds or closed - last_round < rounds:
-                    continue
-                last_round = closed
-            if self.core.role != "primary" or self.core.store.seq == self._checkpointed:
-                continue
-            snapshot = take_snapshot(self.core.store, self.core.epoch, self.core.extra_state())
-            try:
-                path = await asyncio.to_thread(
-                    write_checkpoint, Path(self.config.checkpoint_dir), snapshot)
-            except OSError as exc:
-                log.error("checkpoint not written: %s (the previous one is kept)", exc)
-                continue
-            self._checkpointed = snapshot.seq
-            log.info("checkpoint %s written (change %d)", path, snapshot.seq)
+    # ------------------------------------------------------------ replication
 
     def _start_publishing(self) -> None:
-        bind = self.config.pub_bind or _free_port_on(self.address)
-        self._publisher = Publisher(self._context, bind, self.core.epoch,
-                                    self.config.inject_pub_drops,
-                                    active=lambda: self.core.standby is not None)
-        self.core.pub_endpoint = self._publisher.endpoint
-        self.core.store.subscribe(self._publisher.publish)
-        self.core.replication_info = lambda: {"published_to": self.core.pub_endpoint}
+        bind_to = self.config.pub_bind or _free_port_on(self.address)
+        core = self.core
+        self._publisher = Publisher(self._context, bind_to, core.epoch,
+                                    active=lambda: core.replica.standby is not None,
+                                    meta_of=self._change_meta,
+                                    drop_every=self.config.inject_pub_drops)
+        core.replica.pub_endpoint = self._publisher.endpoint
+        core.store.subscribe(self._publisher.publish)
+        core.replication_info = lambda: {"published_to": core.replica.pub_endpoint}
         self._own(self._beat_loop())
+
+    def _change_meta(self, change: Change) -> dict[str, Any]:
+        state = self.core.state
+        if change.kind != "create":
+            return {}
+        meta: dict[str, Any] = {"optimizer": change.optimizer}
+        if state.layout is not None:
+            meta["layout"] = [*state.layout, state.shard]
+        return meta
 
     async def _beat_loop(self) -> None:
         publisher = self._publisher
@@ -172,14 +162,14 @@ class Server:
 
     async def _follow(self) -> None:
         assert self._follower is not None
-        await self._follower.run()
-
-    def _follow_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
+        try:
+            await self._follower.run()
+        except ProtocolError as exc:
+            log.error("standby stopped: %s", exc)
+            self.failed = f"standby stopped: {exc}"
+            self._stopped.set()
             return
-        log.error("standby stopped: %s", task.exception())
-        self.failed = f"standby stopped: {task.exception()}"
-        self._closed.set()
+        self._promote()
 
     def _follower_info(self) -> dict[str, Any]:
         f = self._follower
@@ -191,38 +181,51 @@ class Server:
 
     def _promote(self) -> None:
         """The primary went silent: take over with the next epoch and start publishing."""
-        assert self._follower is not None
-        if not self._follower.synced.is_set():
-            raise ProtocolError("unreachable", "the primary went silent before this standby "
-                                               "had a copy of its state; nothing to take over")
-        silent = time.monotonic() - self._follower.last_beat
+        follower = self._follower
+        assert follower is not None
+        if not follower.synced.is_set():
+            self.failed = ("the primary went silent before this standby had a copy of its "
+                           "state; nothing to take over")
+            log.error("standby stopped: %s", self.failed)
+            self._stopped.set()
+            return
+        silent = time.monotonic() - follower.last_beat
         self._follower = None
-        self.core.promote()
+        self._send_all(self.core.promote(time.monotonic()))
         self._start_publishing()
         log.warning("promoted to primary (epoch %d) at change %d after %.2f s without "
                     "heartbeats from %s", self.core.epoch, self.core.store.seq, silent,
                     self.config.standby_of)
 
+    # ------------------------------------------------------------ lifecycle
+
     async def serve(self) -> None:
-        """Run until ``close()`` is called (or the surrounding task is cancelled)."""
-        await self._closed.wait()
+        """Run until ``stop()`` or ``close()`` (or the standby fails)."""
+        await self._stopped.wait()
+
+    def stop(self) -> None:
+        """Make ``serve()`` return (then call ``close()``); safe from a signal handler."""
+        self._stopped.set()
 
     async def close(self) -> None:
-        """Stop serving: cancel owned tasks, fail waiting pulls, close the socket."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        # Pulls waiting for a round get a "shutting down" error reply, not silence.
-        self.core.cancel_waiters()
-        if self._replies:
-            await asyncio.wait(self._replies, timeout=SHUTDOWN_FLUSH_SECONDS)
+        """Stop serving: fail waiting requests, cancel owned tasks, write the final
+        checkpoint, close the sockets. Idempotent: a second call awaits the first."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._shutdown())
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self) -> None:
+        self._stopped.set()
+        self._send_all(self.core.shutdown())  # waiting requests get an error, not silence
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        try:
-            self.checkpoint()  # a clean shutdown leaves its final state on disk
-        except OSError as exc:
-            log.error("final checkpoint not written: %s", exc)
+        if self._checkpoints is not None:
+            try:
+                await self._checkpoints.write()  # a clean shutdown leaves its state on disk
+            except OSError as exc:
+                log.error("final checkpoint not written: %s", exc)
+            self._checkpoints.close()
         if self._socket is not None:
             self._socket.close(linger=SHUTDOWN_FLUSH_SECONDS)
         if self._follower is not None:
@@ -239,65 +242,51 @@ class Server:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _reap_loop(self) -> None:
+    async def _tick_loop(self) -> None:
         interval = min(self.config.heartbeat_interval, self.config.repl_interval * 2)
         while True:
             await asyncio.sleep(interval)
-            self.core.reap(time.monotonic())
+            self._send_all(self.core.tick(time.monotonic()))
 
-    def _dispatch(self, frames: list[zmq.Frame]) -> None:
+    # ------------------------------------------------------------ messages
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
-        request_id = None
         try:
             request = decode_request(frames[1:], self.config.limits)
-            request_id = request.request_id
-            result = self.core.handle(request)
         except DecodeError as exc:
-            self._send_error(peer, exc.request_id, exc.code, str(exc))
+            self._send_all([self.core.error(peer, exc.request_id, exc.code, str(exc))])
             return
-        except ProtocolError as exc:
-            self._send_error(peer, request_id, exc.code, str(exc))
-            return
+        try:
+            out = self.core.handle(peer, request, time.monotonic())
         except Exception as exc:  # a bug must not kill the server: log it, answer, go on
-            log.exception("internal error handling a request")
-            self._send_error(peer, request_id, "internal", f"internal server error: {exc}")
+            log.exception("internal error handling a %s request", request.op)
+            out = [self.core.error(peer, request.request_id, "internal",
+                                   f"internal server error: {exc}")]
+        self._send_all(out)
+
+    def _send_all(self, out: list[Outgoing]) -> None:
+        for outgoing in out:
+            self._send(outgoing)
+
+    def _send(self, outgoing: Outgoing) -> None:
+        if self._socket is None:
             return
-        if isinstance(result, Reply):
-            self._send(peer, result)
-        else:
-            task = self._own(self._send_later(peer, request_id, result))
-            self._replies.add(task)
-            task.add_done_callback(self._replies.discard)
-
-    async def _send_later(
-        self, peer: bytes, request_id: int | None, pending: Coroutine[Any, Any, Reply]
-    ) -> None:
+        frames: list[Any] = encode_reply(outgoing.reply)
+        pins = []
+        for lease in outgoing.leases:
+            index = 1 + lease.frame
+            if memoryview(frames[index]).nbytes >= ZERO_COPY_BYTES:
+                frame = zmq.Frame(frames[index], track=True)
+                frames[index] = frame
+                pins.append((lease.holder, frame.tracker))
         try:
-            reply = await pending
-        except ProtocolError as exc:
-            self._send_error(peer, request_id, exc.code, str(exc))
-            return
-        self._send(peer, reply)
-
-    def _send_error(self, peer: bytes, request_id: int | None, code: str, text: str) -> None:
-        self.core.counters["errors"] += 1
-        log.debug("rejected request %s: %s: %s", request_id, code, text)
-        self._send(peer, Reply(request_id, info={"sid": self.server_id}, error=(code, text)))
-
-    def _send(self, peer: bytes, reply: Reply) -> None:
-        assert self._socket is not None
-        frames: list[Any] = encode_reply(reply)
-        for i, meta in enumerate(reply.tensors, start=1):
-            if meta.nbytes >= ZERO_COPY_BYTES:
-                frame = zmq.Frame(frames[i], track=True)
-                table = self.core.store.get(meta.name) if meta.name in self.core.store else None
-                if table is not None and table.data is reply.buffers[i - 1]:
-                    table.pin(frame.tracker)  # a logged change (delta pull) needs no pin
-                frames[i] = frame
-        try:
-            self._socket.send([peer, *frames])
+            self._socket.send([outgoing.peer, *frames])
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will retry
-            log.debug("reply to %r dropped: %s", peer, exc)
+            log.debug("reply to %r dropped: %s", outgoing.peer, exc)
+            return
+        for holder, tracker in pins:
+            holder.pin(tracker)
 
 
 def _free_port_on(endpoint: str) -> str:

@@ -1,32 +1,52 @@
-"""Parameter storage: NumPy tables, versions, the change log, request deduplication and
-snapshots (standby catch-up, checkpoint files)."""
+"""Parameter storage: tables with versions, the numbered change log, request identity,
+snapshots and checkpoint files."""
 
-from zps.store.dedup import DedupWindow
+from zps.store.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
+from zps.store.errors import (
+    BadOptimizer,
+    RequestWindowError,
+    StoreError,
+    TableConflict,
+    TableMismatch,
+    UnknownTable,
+)
+from zps.store.identity import APPLIED, NEW, RequestLedger
 from zps.store.optimizers import OPTIMIZERS, Optimizer, make_optimizer, parse_optimizer
 from zps.store.snapshot import (
     Snapshot,
     SnapshotError,
     TableState,
-    latest_checkpoint,
-    read_checkpoint,
+    freeze_snapshot,
     restore_store,
     snapshot_frames,
     snapshot_from_frames,
     take_snapshot,
-    write_checkpoint,
 )
-from zps.store.tables import Change, Store, Table
+from zps.store.store import Change, Requests, Store
+from zps.store.tables import DenseTable, Reader, Table
 
 __all__ = [
+    "APPLIED",
+    "NEW",
     "OPTIMIZERS",
+    "BadOptimizer",
     "Change",
-    "DedupWindow",
+    "DenseTable",
     "Optimizer",
+    "Reader",
+    "RequestLedger",
+    "RequestWindowError",
+    "Requests",
     "Snapshot",
     "SnapshotError",
     "Store",
+    "StoreError",
     "Table",
+    "TableConflict",
+    "TableMismatch",
     "TableState",
+    "UnknownTable",
+    "freeze_snapshot",
     "latest_checkpoint",
     "make_optimizer",
     "parse_optimizer",

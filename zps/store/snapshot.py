@@ -1,50 +1,40 @@
-"""Consistent snapshots of a store, as ZeroMQ frames (standby catch-up) or checkpoint files.
+"""Consistent snapshots of a store, and their encoding as a header plus raw arrays.
 
 A snapshot is the store at one sequence number: every table's bits and version, its
 optimizer's settings, step count and state, plus the server's epoch and a msgpack-able
-``extra`` map (consistency rounds, dedup windows). Frame 0 is a msgpack header describing
-every array (dtype, shape, byte count) in order; the arrays follow as raw buffers. A
-checkpoint file holds the same header and buffers between magic bytes and a checksum:
+``extra`` map (consistency rounds, request identity, cluster layout). Its encoding is a
+msgpack header describing every array (dtype, shape, byte count) in order, and the arrays
+as raw buffers; a standby receives them a bounded chunk at a time, a checkpoint file
+(``zps.store.checkpoint``) holds them between magic bytes and a checksum.
 
-    MAGIC | header length (u64 LE) | header | pad to 64 | array, pad to 64 ... | blake2b-256
-
-Arrays are little-endian and each starts 64-byte aligned, so reading a file takes one read
-and then only ``np.frombuffer`` views. Decoding validates everything before building a
+``take_snapshot`` copies every array (a snapshot to keep); ``freeze_snapshot`` copies
+nothing: it pins the tables' buffers and optimizer state, so later updates write elsewhere,
+until the caller releases the hold. Decoding validates everything before building a
 snapshot and raises ``SnapshotError`` for anything wrong, never another exception. No pickle.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import re
-import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgpack
 import numpy as np
 
-from zps.errors import ProtocolError, ZpsError
+from zps.errors import ZpsError
+from zps.store.errors import BadOptimizer
 from zps.store.optimizers import make_optimizer
-from zps.store.tables import Store, Table
+from zps.store.store import Store
+from zps.store.tables import DenseTable, Reader
 
-FORMAT_VERSION = 1
-HEADER_MAGIC = "zps-snapshot"  # in the msgpack header of frames and files alike
-FILE_MAGIC = b"ZPSCKPT\x00"
+FORMAT_VERSION = 2
+HEADER_MAGIC = "zps-snapshot"  # in the msgpack header of transfers and files alike
 
 _DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 _MAX_NDIM = 32
 _MAX_ARRAY_BYTES = 1 << 48  # far above any real table, far below numpy's overflow checks
-_ALIGN = 64
-_PREFIX = struct.Struct("<Q")  # header length, after FILE_MAGIC
-_DIGEST_BYTES = 32
-_CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)-(\d+)\.zps")
-_TEMP_PREFIX, _TEMP_SUFFIX = ".ckpt-", ".tmp"
 
 
 class SnapshotError(ZpsError):
@@ -102,24 +92,47 @@ def take_snapshot(store: Store, epoch: int, extra: dict[str, Any]) -> Snapshot:
     as lists. Raises ``SnapshotError`` if ``extra`` is not msgpack-able or a table's dtype
     is not float32/float64, and ``ValueError`` if ``epoch`` is negative.
     """
+    return _snapshot(store, epoch, extra, [_copied(t) for t in store])
+
+
+def freeze_snapshot(store: Store, epoch: int, extra: dict[str, Any],
+                    hold: Reader) -> Snapshot:
+    """A snapshot of ``store`` now that copies no array: its arrays are the tables' own
+    buffers and optimizer state, which later updates leave alone (writing elsewhere) until
+    ``hold.done``. Use it only while the hold lasts. Raises as ``take_snapshot``."""
+    states = []
+    for table in store:
+        table.pin(hold)
+        table.freeze_state(hold)
+        states.append(_frozen(table))
+    return _snapshot(store, epoch, extra, states)
+
+
+def _snapshot(store: Store, epoch: int, extra: dict[str, Any],
+              tables: list[TableState]) -> Snapshot:
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     try:
         extra = msgpack.unpackb(msgpack.packb(extra), raw=False, strict_map_key=False)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"extra state cannot be encoded with msgpack ({exc})") from None
-    tables = tuple(_table_state(table) for table in store)
-    return Snapshot(store.seq, epoch, tables, extra)
+    return Snapshot(store.seq, epoch, tuple(tables), extra)
 
 
-def _table_state(table: Table) -> TableState:
+def _frozen(table: DenseTable) -> TableState:
     optimizer = table.optimizer
-    state = optimizer.state if optimizer else {}
+    state = dict(optimizer.state) if optimizer else {}
     _checked_arrays(table.name, table.data, state)
-    return TableState(table.name, _frozen_copy(table.data), table.version,
+    return TableState(table.name, table.data, table.version,
                       optimizer.spec() if optimizer else None,
-                      optimizer.steps if optimizer else 0,
-                      {k: _frozen_copy(v) for k, v in state.items()})
+                      optimizer.steps if optimizer else 0, state)
+
+
+def _copied(table: DenseTable) -> TableState:
+    frozen = _frozen(table)
+    return TableState(frozen.name, _frozen_copy(frozen.data), frozen.version,
+                      frozen.optimizer, frozen.optimizer_steps,
+                      {k: _frozen_copy(v) for k, v in frozen.optimizer_state.items()})
 
 
 def _checked_arrays(name: str, data: np.ndarray,
@@ -141,10 +154,12 @@ def _frozen_copy(array: np.ndarray) -> np.ndarray:
 
 
 def restore_store(snapshot: Snapshot, log_entries: int = 1024,
-                  log_bytes: int = 256 << 20) -> Store:
+                  log_bytes: int = 256 << 20, adopt: bool = False) -> Store:
     """A new ``Store`` equal to ``snapshot``: same bits, versions, ``seq`` and optimizers
-    (settings, steps and state), with writable copies of every array and an empty change
-    log (so ``table_changes`` from an older version says the log does not reach back).
+    (settings, steps and state), with an empty change log (so ``table_changes`` from an
+    older version says the log does not reach back). The store gets writable copies of
+    every array; with ``adopt`` it takes the snapshot's own arrays where they are
+    writable (the snapshot must not be used afterwards).
 
     Raises ``SnapshotError`` if a table's optimizer settings are invalid.
     """
@@ -152,16 +167,21 @@ def restore_store(snapshot: Snapshot, log_entries: int = 1024,
     for state in snapshot.tables:
         try:
             optimizer = make_optimizer(state.optimizer)
-        except ProtocolError as exc:
+        except BadOptimizer as exc:
             raise SnapshotError(f"table {state.name!r}: {exc}") from None
         if optimizer is not None:
             optimizer.steps = state.optimizer_steps
-            optimizer.state = {k: np.array(v, copy=True, order="C")
-                               for k, v in state.optimizer_state.items()}
-        table = store.create(state.name, state.data, optimizer)  # create copies the data
+            optimizer.state = {k: _owned(v, adopt) for k, v in state.optimizer_state.items()}
+        table = store.create(state.name, _owned(state.data, adopt), optimizer, adopt=True)
         table.version = state.version
     store.seq = snapshot.seq
     return store
+
+
+def _owned(array: np.ndarray, adopt: bool) -> np.ndarray:
+    if adopt and array.flags.writeable and array.flags.c_contiguous:
+        return array
+    return np.array(array, copy=True, order="C")
 
 
 # ---------------------------------------------------------------- encoding
@@ -178,8 +198,9 @@ def _array_to_wire(array: np.ndarray) -> list[Any]:
     return [array.dtype.name, list(array.shape), array.nbytes]
 
 
-def _encode(snapshot: Snapshot) -> tuple[bytes, list[np.ndarray]]:
-    """The msgpack header and the arrays it describes, in order (not copied)."""
+def encode_snapshot(snapshot: Snapshot) -> tuple[bytes, list[np.ndarray]]:
+    """The msgpack header and the arrays it describes, in order (not copied). Raises
+    ``SnapshotError`` if an array is not float32/float64 or ``extra`` is not msgpack-able."""
     tables: list[dict[str, Any]] = []
     arrays: list[np.ndarray] = []
     for t in snapshot.tables:
@@ -205,7 +226,7 @@ def snapshot_frames(snapshot: Snapshot) -> list[bytes | np.ndarray]:
     Raises ``SnapshotError`` if an array is not float32/float64 or ``extra`` is not
     msgpack-able.
     """
-    header, arrays = _encode(snapshot)
+    header, arrays = encode_snapshot(snapshot)
     return [header, *arrays]
 
 
@@ -213,7 +234,9 @@ def snapshot_frames(snapshot: Snapshot) -> list[bytes | np.ndarray]:
 
 
 @dataclass(frozen=True, slots=True)
-class _ArrayMeta:
+class ArrayMeta:
+    """One array of an encoded snapshot."""
+
     dtype: np.dtype
     shape: tuple[int, ...]
     nbytes: int
@@ -225,18 +248,20 @@ class _TableMeta:
     version: int
     optimizer: dict[str, Any] | None
     steps: int
-    data: _ArrayMeta
-    state: tuple[tuple[str, _ArrayMeta], ...]
+    data: ArrayMeta
+    state: tuple[tuple[str, ArrayMeta], ...]
 
 
 @dataclass(frozen=True, slots=True)
-class _Header:
+class SnapshotLayout:
+    """A parsed snapshot header: what arrays follow it, before any has arrived."""
+
     seq: int
     epoch: int
     extra: dict[str, Any]
     tables: tuple[_TableMeta, ...]
 
-    def arrays(self) -> list[_ArrayMeta]:
+    def arrays(self) -> list[ArrayMeta]:
         """Every array the header announces, in buffer order."""
         return [m for t in self.tables for m in (t.data, *(a for _, a in t.state))]
 
@@ -251,7 +276,7 @@ def _count(value: Any, what: str) -> int:
     return value
 
 
-def _parse_array(wire: Any, what: str) -> _ArrayMeta:
+def _parse_array(wire: Any, what: str) -> ArrayMeta:
     if not isinstance(wire, list) or len(wire) != 3:
         raise _fail(f"{what} must be [dtype, shape, nbytes], got {wire!r}")
     name, shape, nbytes = wire
@@ -267,7 +292,7 @@ def _parse_array(wire: Any, what: str) -> _ArrayMeta:
     if _count(nbytes, f"{what} nbytes") != expected:
         raise _fail(f"{what} says {nbytes} bytes but {name} of shape {list(dims)} "
                     f"takes {expected}")
-    return _ArrayMeta(dtype, dims, expected)
+    return ArrayMeta(dtype, dims, expected)
 
 
 def _parse_table(wire: Any, index: int) -> _TableMeta:
@@ -280,13 +305,13 @@ def _parse_table(wire: Any, index: int) -> _TableMeta:
     spec = wire.get("optimizer")
     try:
         make_optimizer(spec)
-    except ProtocolError as exc:
+    except BadOptimizer as exc:
         raise _fail(f"{what} optimizer: {exc}") from None
     data = _parse_array(wire.get("data"), f"{what} data")
     state_wire = wire.get("state")
     if not isinstance(state_wire, list) or (spec is None and state_wire):
         raise _fail(f"{what} state must be a list, empty without an optimizer")
-    state: dict[str, _ArrayMeta] = {}
+    state: dict[str, ArrayMeta] = {}
     for entry in state_wire:
         if not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
             raise _fail(f"{what} state entries must be [key, dtype, shape, nbytes]")
@@ -300,7 +325,8 @@ def _parse_table(wire: Any, index: int) -> _TableMeta:
                       _count(wire.get("steps"), f"{what} steps"), data, tuple(state.items()))
 
 
-def _parse_header(raw: Any) -> _Header:
+def parse_header(raw: Any) -> SnapshotLayout:
+    """The layout an encoded snapshot header describes; ``SnapshotError`` if malformed."""
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises many unrelated types on garbage
@@ -316,14 +342,18 @@ def _parse_header(raw: Any) -> _Header:
     parsed = tuple(_parse_table(t, i) for i, t in enumerate(tables))
     if len({t.name for t in parsed}) != len(parsed):
         raise _fail("a table name appears twice")
-    return _Header(_count(header.get("seq"), "seq"), _count(header.get("epoch"), "epoch"),
+    return SnapshotLayout(_count(header.get("seq"), "seq"), _count(header.get("epoch"), "epoch"),
                    extra, parsed)
 
 
-def _assemble(header: _Header, buffers: Sequence[Any]) -> Snapshot:
-    """The snapshot, with read-only views of ``buffers`` (already counted and sized)."""
-    views = iter(
-        _view(buffer, meta) for buffer, meta in zip(buffers, header.arrays(), strict=True))
+def assemble(header: SnapshotLayout, buffers: Sequence[Any], writable: bool = False) -> Snapshot:
+    """The snapshot, with views of ``buffers`` (one per array of ``header``, each of the
+    size it announces), read-only unless ``writable`` (buffers the caller owns)."""
+    if len(buffers) != len(header.arrays()):
+        raise SnapshotError(f"snapshot header announces {len(header.arrays())} arrays but "
+                            f"{len(buffers)} arrived")
+    views = iter(_view(buffer, meta, writable)
+                 for buffer, meta in zip(buffers, header.arrays(), strict=True))
     tables = tuple(
         TableState(t.name, next(views), t.version, t.optimizer, t.steps,
                    {key: next(views) for key, _ in t.state})
@@ -331,9 +361,10 @@ def _assemble(header: _Header, buffers: Sequence[Any]) -> Snapshot:
     return Snapshot(header.seq, header.epoch, tables, header.extra)
 
 
-def _view(buffer: Any, meta: _ArrayMeta) -> np.ndarray:
+def _view(buffer: Any, meta: ArrayMeta, writable: bool) -> np.ndarray:
     array = np.frombuffer(buffer, dtype=meta.dtype).reshape(meta.shape)
-    array.flags.writeable = False
+    if not writable:
+        array.flags.writeable = False
     return array
 
 
@@ -347,7 +378,7 @@ def snapshot_from_frames(frames: Sequence[Any]) -> Snapshot:
     if not frames:
         raise SnapshotError("empty snapshot message: expected a header frame")
     buffers = [_as_bytes(f, i) for i, f in enumerate(frames)]
-    header = _parse_header(buffers[0])
+    header = parse_header(buffers[0])
     metas = header.arrays()
     if len(buffers) - 1 != len(metas):
         raise SnapshotError(f"snapshot header announces {len(metas)} array frames but "
@@ -356,7 +387,7 @@ def snapshot_from_frames(frames: Sequence[Any]) -> Snapshot:
         if buffer.nbytes != meta.nbytes:
             raise SnapshotError(f"snapshot frame {i} holds {buffer.nbytes} bytes but its "
                                 f"header says {meta.nbytes}")
-    return _assemble(header, buffers[1:])
+    return assemble(header, buffers[1:])
 
 
 def _as_bytes(frame: Any, index: int) -> np.ndarray:
@@ -367,174 +398,3 @@ def _as_bytes(frame: Any, index: int) -> np.ndarray:
                             f"({exc})") from None
 
 
-# ---------------------------------------------------------------- checkpoint files
-
-
-def _padding(offset: int) -> int:
-    return -offset % _ALIGN
-
-
-def checkpoint_name(snapshot: Snapshot) -> str:
-    """The file name of ``snapshot``'s checkpoint; names sort by (epoch, seq)."""
-    return f"ckpt-{snapshot.epoch:08d}-{snapshot.seq:016d}.zps"
-
-
-def _checkpoint_key(path: Path) -> tuple[int, int] | None:
-    match = _CHECKPOINT_NAME.fullmatch(path.name)
-    return (int(match[1]), int(match[2])) if match else None
-
-
-def _checkpoints(directory: Path) -> list[Path]:
-    """The checkpoint files in ``directory``, oldest first (temp files excluded)."""
-    found = [(key, p) for p in directory.iterdir() if (key := _checkpoint_key(p))]
-    return [p for _, p in sorted(found)]
-
-
-def _write_parts(file: BinaryIO, parts: Sequence[Any]) -> None:
-    digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
-    for part in parts:
-        view = memoryview(part)  # arrays are written from their own memory, not copied
-        digest.update(view)
-        file.write(view)
-    file.write(digest.digest())
-
-
-def write_checkpoint(directory: Path, snapshot: Snapshot, keep: int = 3) -> Path:
-    """Write ``snapshot`` to ``directory`` atomically and return the checkpoint's path.
-
-    The file is written under a temporary name, flushed and fsynced, renamed into place and
-    the directory fsynced, so a crash leaves either the old set of checkpoints or the new
-    one. Then all but the newest ``keep`` checkpoints, and temp files left by interrupted
-    writes, are deleted (a checkpoint directory belongs to one server). Creates
-    ``directory`` if needed. Raises ``SnapshotError`` if the snapshot cannot be encoded
-    (nothing is written), ``OSError`` if the disk refuses (the temp file is removed), and
-    ``ValueError`` if ``keep < 1``.
-    """
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    header, arrays = _encode(snapshot)
-    parts: list[Any] = [FILE_MAGIC, _PREFIX.pack(len(header)), header]
-    offset = len(FILE_MAGIC) + _PREFIX.size + len(header)
-    for array in arrays:
-        parts.append(bytes(_padding(offset)))
-        offset += _padding(offset)
-        parts.append(array)
-        offset += array.nbytes
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            _write_parts(file, parts)
-            file.flush()
-            os.fsync(file.fileno())
-        path = directory / checkpoint_name(snapshot)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
-    _prune(directory, keep, keep_path=path)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (POSIX; platforms that cannot open directories skip it)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _prune(directory: Path, keep: int, keep_path: Path) -> None:
-    for old in _checkpoints(directory)[:-keep]:
-        if old != keep_path:  # never the one just written, even if older by name
-            old.unlink(missing_ok=True)
-    for temp in directory.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
-        temp.unlink(missing_ok=True)
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest checkpoint in ``directory`` by name (highest epoch, then seq), or None
-    when there is none or the directory does not exist. Temp files are ignored."""
-    if not directory.is_dir():
-        return None
-    found = _checkpoints(directory)
-    return found[-1] if found else None
-
-
-def read_checkpoint(path: Path) -> Snapshot:
-    """The snapshot stored in checkpoint file ``path``, read with one read.
-
-    Arrays are read-only, 64-byte aligned views of that one buffer. Raises
-    ``SnapshotError`` naming the file and the problem: unreadable, bad magic, truncated,
-    checksum mismatch, bad header or sizes.
-    """
-    try:
-        buffer = _read_all(path)
-    except OSError as exc:
-        raise SnapshotError(f"cannot read checkpoint {path}: {exc}") from None
-    try:
-        return _decode_file(buffer)
-    except SnapshotError as exc:
-        raise SnapshotError(f"checkpoint {path}: {exc}") from None
-
-
-def _read_all(path: Path) -> np.ndarray:
-    with path.open("rb", buffering=0) as file:
-        size = os.fstat(file.fileno()).st_size
-        raw = np.empty(size + _ALIGN, dtype=np.uint8)
-        shift = -raw.ctypes.data % _ALIGN  # so arrays, 64-byte aligned in the file, are here
-        buffer = raw[shift: shift + size]
-        view, done = buffer.data, 0
-        while done < size and (n := file.readinto(view[done:])):
-            done += n
-    return buffer[:done]
-
-
-def _decode_file(buffer: np.ndarray) -> Snapshot:
-    start = len(FILE_MAGIC) + _PREFIX.size
-    if buffer.nbytes < start + _DIGEST_BYTES:
-        raise SnapshotError(f"truncated: only {buffer.nbytes} bytes")
-    if buffer[: len(FILE_MAGIC)].tobytes() != FILE_MAGIC:
-        raise SnapshotError("bad magic: not a zps checkpoint file")
-    (header_bytes,) = _PREFIX.unpack(buffer[len(FILE_MAGIC): start].tobytes())
-    body = buffer[: buffer.nbytes - _DIGEST_BYTES]
-    digest = hashlib.blake2b(body.data, digest_size=_DIGEST_BYTES).digest()
-    if digest != buffer[body.nbytes:].tobytes():
-        expected = _expected_size(buffer, start, header_bytes)
-        if expected is not None and expected > buffer.nbytes:
-            raise SnapshotError(f"truncated: {buffer.nbytes} of {expected} bytes")
-        raise SnapshotError("checksum mismatch: the file is corrupted")
-    if start + header_bytes > body.nbytes:
-        raise SnapshotError(f"header length {header_bytes} runs past the end of the file")
-    header = _parse_header(buffer[start: start + header_bytes].data)
-    offsets, end = _layout(header, start + header_bytes)
-    if end != buffer.nbytes:
-        raise SnapshotError(f"header describes {end} bytes but the file has {buffer.nbytes}")
-    buffers = [buffer[at: at + meta.nbytes] for at, meta in zip(offsets, header.arrays(),
-                                                                 strict=True)]
-    return _assemble(header, buffers)
-
-
-def _layout(header: _Header, offset: int) -> tuple[list[int], int]:
-    """Where each array starts when the header ends at ``offset``, and the file's size."""
-    starts = []
-    for meta in header.arrays():
-        offset += _padding(offset)
-        starts.append(offset)
-        offset += meta.nbytes
-    return starts, offset + _DIGEST_BYTES
-
-
-def _expected_size(buffer: np.ndarray, start: int, header_bytes: int) -> int | None:
-    """The file size the header describes (at least), or None when it cannot be read."""
-    if start + header_bytes > buffer.nbytes:
-        return start + header_bytes + _DIGEST_BYTES
-    try:
-        header = _parse_header(buffer[start: start + header_bytes].data)
-    except SnapshotError:
-        return None
-    return _layout(header, start + header_bytes)[1]

@@ -1,0 +1,125 @@
+"""What both clients offer, built on the engine: properties, and the calls of the API.
+
+``Client`` and ``AsyncClient`` differ only in how they wait; each public method here turns
+its arguments into an engine ``Call`` the same way for both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from zps.client.calls import Call
+from zps.client.engine import Engine
+from zps.client.placement import Layout
+from zps.client.plans import Message, outputs, push_options
+from zps.config import ClientConfig
+from zps.protocol import Op
+
+log = logging.getLogger("zps.client")
+
+BYE_TIMEOUT = 1.0  # seconds a goodbye may take on close
+
+
+class ClientBase:
+    """The properties and call builders both clients share."""
+
+    _engine: Engine
+    _warned_existing = False
+
+    @property
+    def servers(self) -> list[str]:
+        """The server endpoints, in the order given."""
+        return self._engine.servers
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._engine.config
+
+    @property
+    def client_id(self) -> str:
+        """This client's id on the servers (also its worker id)."""
+        return self._engine.client_id
+
+    @property
+    def layout(self) -> Layout | None:
+        """Where each table lives, once ``init`` was called."""
+        return self._engine.planner.layout
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """What the first server said in answer to hello (mode, limits, optimizer...)."""
+        return dict(self._engine.hello[0])
+
+    @property
+    def mode(self) -> str:
+        """The consistency mode the servers run (``sync``, ``async`` or ``ssp:K``)."""
+        return str(self._engine.hello[0].get("mode", ""))
+
+    # ------------------------------------------------------------ calls
+
+    def _init_call(self, tensors: Mapping[str, Any],
+                   optimizer: Mapping[str, Any] | None) -> Call:
+        planner = self._engine.planner
+        layout, arrays = planner.plan_init(tensors)
+        options: dict[str, Any] = {"optimizer": dict(optimizer)} if optimizer else {}
+        messages = planner.messages(Op.INIT, layout, list(arrays), arrays, options)
+        for message in messages:  # the layout is checked on every server it touches
+            message.options["layout"] = [len(self.servers), self.config.chunk_bytes,
+                                         message.server]
+
+        def finish(call: Call) -> Any:
+            planner.layout = layout  # only once the servers hold every table
+            self._note_existing(call)
+            return call.out
+        return Call(Op.INIT, messages, outputs(layout, arrays), finish=finish)
+
+    def _note_existing(self, call: Call) -> None:
+        """Say once if init found tables that had been trained already (a re-run against
+        a live server continues from the old values, not the ones given)."""
+        if self._warned_existing:
+            return
+        trained: dict[str, int] = {}
+        for message, info in zip(call.messages, call.infos(), strict=True):
+            created = set(info.get("created", ()))
+            versions = info.get("versions", {})
+            for part in message.parts:
+                version = versions.get(part.key, 0) if isinstance(versions, dict) else 0
+                if part.key not in created and isinstance(version, int) and version > 0:
+                    trained[part.table] = max(trained.get(part.table, 0), version)
+        if trained:
+            self._warned_existing = True
+            listed = ", ".join(f"{name} (version {v})" for name, v in sorted(trained.items()))
+            log.warning("tables already on the servers with updates applied: %s; continuing "
+                        "from their current values, not from the values given to init",
+                        listed)
+
+    def _pull_call(self, names: Iterable[str] | None) -> Call:
+        planner = self._engine.planner
+        wanted = planner.wanted(names)
+        layout = planner.need_layout()
+        return Call(Op.PULL, planner.messages(Op.PULL, layout, wanted), outputs(layout, wanted),
+                    delta=self._engine.held is not None)
+
+    def _push_call(self, op: Op, deltas: Mapping[str, Any], loss: float | None,
+                   weight: float | None) -> Call:
+        planner = self._engine.planner
+        arrays = planner.deltas(deltas)
+        layout = planner.need_layout()
+        messages = planner.messages(op, layout, list(arrays), arrays,
+                                    push_options(loss, weight))
+        if op == Op.PUSH:
+            return Call(op, messages, finish=lambda call: None)
+        return Call(op, messages, outputs(layout, arrays), delta=self._engine.held is not None)
+
+    def _stats_call(self) -> Call:
+        engine = self._engine
+        messages = [Message(i, Op.STATS, ()) for i in range(len(engine.servers))]
+        return Call(Op.STATS, messages, attempts=1, finish=lambda call: [
+            dict(info, address=engine.address(i)) for i, info in enumerate(call.infos())])
+
+    def _bye_call(self) -> Call:
+        messages = [Message(i, Op.BYE, ()) for i in range(len(self._engine.servers))]
+        return Call(Op.BYE, messages, timeout=BYE_TIMEOUT, attempts=1,
+                    finish=lambda call: None)

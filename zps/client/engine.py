@@ -1,0 +1,484 @@
+"""The client engine (sans-IO, h11-style): events in, frames to send out.
+
+One engine holds everything a client knows and decides: the servers of each shard and
+which one is primary (epochs), the table layout, request ids and the watermark sent with
+every update, retries and deadlines, registering again when a server forgot this client,
+failover to a shard's standby, and the copies delta pulls start from. It never touches a
+socket: the blocking ``Client`` and the ``AsyncClient`` feed it replies and the time, and
+send what it queues (``take_sends``). Both therefore behave the same by construction, and a
+call is a handle that completes whenever its replies are in.
+
+Endpoints are numbered ``2 * shard + slot``: slot 0 is the server given for the shard,
+slot 1 its standby.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from zps.client.calls import HELD, REGISTERING, SENT, Call, Pending, Send
+from zps.client.connect import Connecting
+from zps.client.deltas import HeldCopies, StaleBase
+from zps.client.plans import Planner, place, server_list
+from zps.config import ClientConfig
+from zps.errors import (
+    ClosedError,
+    ConfigError,
+    ConnectionLost,
+    ServerUnreachable,
+    ZpsError,
+    remote_error,
+)
+from zps.protocol import UPDATE_OPS, Op, Reply, Request, encode_request
+
+log = logging.getLogger("zps.client")
+
+HANDOVER_ERRORS = ("not_primary", "shutting_down")  # the shard is changing hands
+HEARTBEAT_IDS = 1 << 62  # heartbeats never meet the request ids the servers track
+ID_WINDOW = 1 << 15  # unfinished request ids a client keeps above its watermark
+DATA_OPS = (Op.INIT, Op.PULL, Op.PUSH_PULL)  # replies that carry table values
+
+
+@dataclass(slots=True)
+class _Hello:
+    """A hello in flight that registers this client with a shard's primary again."""
+
+    shard: int
+    deadline: float
+    attempts_left: int
+
+
+class Engine:
+    """All of a client's state and decisions, without I/O."""
+
+    def __init__(self, servers: str | Sequence[str], config: ClientConfig | None = None,
+                 **overrides: Any) -> None:
+        self.config = replace(config or ClientConfig(), **overrides)
+        self.servers = server_list(servers)
+        self.client_id = self.config.client_id or f"c-{uuid.uuid4().hex[:12]}"
+        standbys = list(self.config.standbys)
+        if standbys and len(standbys) != len(self.servers):
+            raise ConfigError(f"give one standby per server ({len(self.servers)}), in the "
+                              f"same order, '' for a server without one; got {len(standbys)}")
+        self.standbys = standbys or [""] * len(self.servers)
+        self.endpoints = [a for pair in zip(self.servers, self.standbys, strict=True)
+                          for a in pair]
+        shards = len(self.servers)
+        self.active = [0] * shards
+        self.epochs = [0] * shards
+        self.server_ids: list[str | None] = [None] * shards
+        self.hello: list[dict[str, Any]] = [{} for _ in range(shards)]
+        self.planner = Planner(self.config, shards)
+        pull = self.planner.pull_codec
+        self.held = HeldCopies(pull, self.config) if pull is not None else None
+        self.closed = False
+        self._next_id = 1
+        self._heartbeat_id = HEARTBEAT_IDS
+        self._inflight: dict[int, Pending] = {}  # by request id: ids increase, so the
+        self._queue: deque[Pending] = deque()    # first key is the watermark
+        self._hellos: dict[int, _Hello] = {}
+        self._registering: set[int] = set()
+        self._watches: dict[int, int] = {}  # request id of a watch -> shard
+        self._watch_due: dict[int, float] = {}
+        self._connecting: Connecting | None = None
+        self._delta_call: Call | None = None
+        self._delta_waiting: deque[Call] = deque()
+        self._sends: list[Send] = []
+        self._now = 0.0  # the time of the latest event
+
+    # ------------------------------------------------------------ shells' side
+
+    def take_sends(self) -> list[Send]:
+        """The frames to send, to which endpoint, in order (then forgotten)."""
+        sends, self._sends = self._sends, []
+        return sends
+
+    def address(self, shard: int) -> str:
+        """The address of the server requests of ``shard`` go to now."""
+        return self.endpoints[2 * shard + self.active[shard]]
+
+    def has_standby(self, shard: int) -> bool:
+        return bool(self.standbys[shard])
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` must run next (None: nothing is waiting on time)."""
+        times = [p.deadline for p in self._inflight.values() if p.state != REGISTERING]
+        times += [h.deadline for h in self._hellos.values()]
+        times += self._watch_due.values()
+        if self._connecting is not None:
+            times.append(self._connecting.next_deadline())
+        return min(times) if times else None
+
+    def start(self, call: Call, now: float) -> Call:
+        """Begin ``call``; its requests go out as ``max_inflight`` allows."""
+        if self.closed:
+            raise ClosedError("this zps client is closed")
+        self._now = now
+        if call.delta and self._delta_call is not None:
+            self._delta_waiting.append(call)  # a delta applies to the copy the last one left
+            return call
+        self._begin(call, now)
+        return call
+
+    def heartbeats(self) -> list[Send]:
+        """A heartbeat for each shard's current server (their replies are ignored)."""
+        sends = []
+        for shard in range(len(self.servers)):
+            self._heartbeat_id += 1
+            sends.append((2 * shard + self.active[shard], encode_request(
+                Request(Op.HEARTBEAT, self.client_id, self._heartbeat_id))))
+        return sends
+
+    def close(self) -> None:
+        """Refuse new calls and fail those still running."""
+        self.closed = True
+        for pending in list(self._inflight.values()) + list(self._queue):
+            self._complete(pending.call, ClosedError("the client was closed"))
+
+    # ------------------------------------------------------------ connecting
+
+    def connect(self, now: float) -> Call:
+        """Say hello to every server (each shard's standby too, to find its primary)."""
+        call = Call(Op.HELLO, [])
+        self._connecting = Connecting(self, call, now + self.config.connect_timeout)
+        for shard in range(len(self.servers)):
+            for slot in (0, 1) if self.has_standby(shard) else (0,):
+                rid = self._rid()
+                self._connecting.asked[rid] = (shard, slot)
+                self._sends.append((2 * shard + slot, self._hello_frames(shard, rid)))
+        return call
+
+    def connecting_failed(self) -> None:
+        self._connecting = None
+
+    def finish_call(self, call: Call, error: BaseException | None = None) -> None:
+        """Complete ``call`` (for the parts of the engine that run calls of their own)."""
+        self._complete(call, error)
+
+    def connected(self, now: float) -> None:
+        """Every shard has its primary: watch the standbys for a takeover."""
+        self._connecting = None
+        for shard in range(len(self.servers)):
+            if self.has_standby(shard):
+                self._watch(shard, now)
+
+    def adopt_hello(self, shard: int, info: dict[str, Any]) -> None:
+        """What a shard's primary said in answer to hello."""
+        self.hello[shard] = info
+        self.epochs[shard] = max(self.epochs[shard], _int(info.get("epoch")))
+        self.server_ids[shard] = info.get("sid") or info.get("server_id")
+        limit = info.get("max_message_bytes")
+        self.planner.limits[shard] = limit if isinstance(limit, int) else None
+        self._next_id = max(self._next_id, _int(info.get("next_id")))  # above ids it saw
+
+    def _hello_frames(self, shard: int, rid: int) -> list[Any]:
+        options = {"role": self.config.role,
+                   "layout": [len(self.servers), self.config.chunk_bytes, shard]}
+        return encode_request(Request(Op.HELLO, self.client_id, rid, options=options))
+
+    # ------------------------------------------------------------ replies
+
+    def receive(self, endpoint: int, reply: Reply, now: float, filled: bool = False) -> None:
+        """A reply arrived from ``endpoint``; ``filled``: its arrays were received
+        straight into the places ``sinks`` gave."""
+        self._now = now
+        rid = reply.request_id
+        if rid is None:
+            log.warning("error from %s about an unreadable request: %s",
+                        self.endpoints[endpoint], reply.error)
+            return
+        if self._connecting is not None and rid in self._connecting.asked:
+            self._connecting.answer(rid, reply, now)
+        elif rid in self._hellos:
+            self._on_hello(self._hellos.pop(rid), endpoint, reply, now)
+        elif rid in self._watches:
+            self._on_watch(self._watches.pop(rid), endpoint, reply, now)
+        elif (pending := self._inflight.get(rid)) is not None and pending.state == SENT \
+                and endpoint == pending.endpoint:
+            self._on_reply(pending, reply, now, filled)
+        self._pump(now)
+
+    def sinks(self, endpoint: int, reply: Reply) -> tuple[np.ndarray, ...]:
+        """Where the arrays of ``reply`` (its header only) may be received straight into:
+        the caller's arrays, when the reply is the expected one carrying exactly them."""
+        pending = self._inflight.get(reply.request_id) if reply.request_id is not None \
+            else None
+        if pending is None or pending.endpoint != endpoint or pending.state != SENT \
+                or reply.error is not None or reply.encoded or pending.call.delta \
+                or pending.call.op not in DATA_OPS:
+            return ()
+        parts = pending.message.parts
+        if len(reply.tensors) != len(parts) or _int(reply.info.get("epoch")) \
+                < self.epochs[pending.message.server]:
+            return ()
+        views = tuple(place(pending.call.out, part) for part in parts)
+        for meta, view in zip(reply.tensors, views, strict=True):
+            if meta.dtype != view.dtype.name or meta.shape != view.shape \
+                    or not view.flags.c_contiguous:
+                return ()
+        return views
+
+    def _on_reply(self, pending: Pending, reply: Reply, now: float, filled: bool) -> None:
+        shard = pending.message.server
+        if _int(reply.info.get("epoch")) < self.epochs[shard]:
+            return  # a deposed primary
+        sid, known = reply.info.get("sid"), self.server_ids[shard]
+        if known is not None and sid is not None and sid != known:
+            self._complete(pending.call, ConnectionLost(
+                f"the zps server at {self.address(shard)} restarted (instance {known} is now "
+                f"{sid}) and lost its tables; restart the job, or standbys will recover it"))
+            return
+        if reply.error is not None:
+            self._on_error(pending, reply.error, now)
+            return
+        call = pending.call
+        try:
+            if call.op in DATA_OPS and not filled:
+                self._scatter(pending, reply)
+        except StaleBase:
+            pending.whole = True  # the copy it started from is gone: ask for whole parts
+            self._resend(pending, now)
+            return
+        except ZpsError as exc:
+            self._complete(call, exc)
+            return
+        del self._inflight[pending.rid]
+        call.replies[pending.index] = reply
+        call.left -= 1
+        if call.left == 0:
+            self._complete(call)
+
+    def _scatter(self, pending: Pending, reply: Reply) -> None:
+        message, out = pending.message, pending.call.out
+        if pending.call.delta:
+            assert self.held is not None
+            self.held.scatter(reply, message, out)
+            return
+        got = reply.arrays()
+        for part in message.parts:
+            value = got.get(part.key)
+            view = place(out, part)
+            if value is None or value.shape != view.shape:
+                raise ZpsError(f"the server's answer for {part.key!r} does not match the "
+                               "table's layout")
+            view[...] = value
+
+    def _on_error(self, pending: Pending, error: tuple[str, str], now: float) -> None:
+        code, text = error
+        shard = pending.message.server
+        if code in HANDOVER_ERRORS and self.has_standby(shard):
+            pending.state = HELD  # resent when the standby has taken over (or on timeout)
+            return
+        if code == "not_registered" and not pending.registered:
+            pending.registered = True  # once per request: an observer's push stops here
+            pending.state = REGISTERING
+            log.info("%s (%s); registering again", text, self.address(shard))
+            self._register(shard, now)
+            return
+        self._complete(pending.call, remote_error(code, f"{pending.message.op} failed: {text}",
+                                                  self.address(shard)))
+
+    # ------------------------------------------------------------ registering, failover
+
+    def _register(self, shard: int, now: float, attempts: int | None = None) -> None:
+        """Say hello again to ``shard``'s primary; its held requests follow the answer."""
+        if shard in self._registering:
+            return
+        self._registering.add(shard)
+        rid = self._rid()
+        self._hellos[rid] = _Hello(shard, now + self.config.connect_timeout,
+                                   self.config.retries if attempts is None else attempts)
+        self._sends.append((2 * shard + self.active[shard], self._hello_frames(shard, rid)))
+
+    def _on_hello(self, hello: _Hello, endpoint: int, reply: Reply, now: float) -> None:
+        shard = hello.shard
+        if endpoint != 2 * shard + self.active[shard]:
+            return
+        self._registering.discard(shard)
+        held = [p for p in self._inflight.values()
+                if p.message.server == shard and p.state == REGISTERING]
+        if reply.error is not None:
+            error = remote_error(reply.error[0], f"hello failed: {reply.error[1]}",
+                                 self.address(shard))
+            for pending in held:
+                self._complete(pending.call, error)
+            return
+        self.adopt_hello(shard, reply.info)
+        for pending in held:
+            self._resend(pending, now)
+
+    def _watch(self, shard: int, now: float) -> None:
+        """Ask shard's standby to answer once it has taken over (a primary answers at
+        once, so a takeover missed while away is noticed). The standby keeps one watch per
+        client, so re-arming it every ``timeout`` piles nothing up."""
+        for rid in [r for r, s in self._watches.items() if s == shard]:
+            del self._watches[rid]
+        rid = self._rid()
+        self._watches[rid] = shard
+        self._watch_due[shard] = now + self.config.timeout
+        self._sends.append((2 * shard + 1 - self.active[shard],
+                            encode_request(Request(Op.WATCH, self.client_id, rid))))
+
+    def _on_watch(self, shard: int, endpoint: int, reply: Reply, now: float) -> None:
+        info = reply.info
+        epoch = _int(info.get("epoch"))
+        if reply.error is not None or endpoint != 2 * shard + 1 - self.active[shard] \
+                or info.get("role") != "primary" or epoch <= self.epochs[shard]:
+            return  # re-armed when due
+        log.warning("zps server %s took over from %s (epoch %d); switching",
+                    self.endpoints[endpoint], self.address(shard), epoch)
+        self.active[shard] = 1 - self.active[shard]
+        self.adopt_hello(shard, info)
+        self.epochs[shard] = epoch
+        if self.held is not None:
+            self.held.clear()  # delta pulls start again from whole tables
+        for pending in self._inflight.values():
+            if pending.message.server == shard:
+                pending.state, pending.whole = REGISTERING, True
+        self._register(shard, now)  # the new primary does not know this client yet
+        self._watch(shard, now)  # the old primary may come back as the new standby
+
+    # ------------------------------------------------------------ time
+
+    def expire(self, now: float) -> None:
+        """Resend what timed out, give up on what ran out of attempts, re-arm watches."""
+        self._now = now
+        if self._connecting is not None:
+            self._connecting.expire(now)
+        for pending in list(self._inflight.values()):
+            if pending.deadline > now or pending.state == REGISTERING:
+                continue
+            if pending.attempts_left <= 0:
+                call = pending.call
+                self._complete(call, ServerUnreachable(unreachable_message(
+                    self.address(pending.message.server), pending.message.op,
+                    call.attempts or 1 + self.config.retries,
+                    call.timeout or self.config.timeout)))
+            else:
+                self._transmit(pending, now)
+        for rid, hello in list(self._hellos.items()):
+            if hello.deadline <= now:
+                del self._hellos[rid]
+                self._registering.discard(hello.shard)
+                if hello.attempts_left > 0:
+                    self._register(hello.shard, now, hello.attempts_left - 1)
+                else:
+                    self._fail_registering(hello.shard)
+        for shard, due in list(self._watch_due.items()):
+            if due <= now:
+                self._watch(shard, now)
+        self._pump(now)
+
+    def _fail_registering(self, shard: int) -> None:
+        error = ServerUnreachable(unreachable_message(self.address(shard), Op.HELLO, 1,
+                                                      self.config.connect_timeout))
+        for pending in list(self._inflight.values()):
+            if pending.message.server == shard and pending.state == REGISTERING:
+                self._complete(pending.call, error)
+
+    # ------------------------------------------------------------ requests
+
+    def _begin(self, call: Call, now: float) -> None:
+        if call.delta:
+            assert self.held is not None
+            self._delta_call = call
+            whole = self.held.next_pull()
+        else:
+            whole = False
+        call.replies = [None] * len(call.messages)
+        call.left = len(call.messages)
+        if not call.messages:
+            self._complete(call)
+            return
+        for index in range(len(call.messages)):
+            self._queue.append(Pending(call, index, 0, whole=whole))
+        self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """Send queued requests while fewer than ``max_inflight`` are in flight."""
+        queue, inflight = self._queue, self._inflight
+        while queue and len(inflight) < self.config.max_inflight:
+            if inflight and self._next_id - next(iter(inflight)) >= ID_WINDOW:
+                break  # an old request still unfinished: keep ids within the window
+            pending = queue.popleft()
+            if pending.call.done:
+                continue
+            pending.rid = self._rid()
+            call = pending.call
+            pending.attempts_left = (call.attempts if call.attempts is not None
+                                     else 1 + self.config.retries)
+            inflight[pending.rid] = pending
+            self._transmit(pending, now)
+
+    def _resend(self, pending: Pending, now: float) -> None:
+        """Send again without spending an attempt (a takeover, a registration)."""
+        pending.attempts_left += 1
+        self._transmit(pending, now)
+
+    def _transmit(self, pending: Pending, now: float) -> None:
+        shard = pending.message.server
+        if shard in self._registering:
+            pending.state = REGISTERING
+            return
+        pending.endpoint = 2 * shard + self.active[shard]
+        pending.state = SENT
+        pending.attempts_left -= 1
+        timeout = pending.call.timeout
+        pending.deadline = now + (self.config.timeout if timeout is None else timeout)
+        self._sends.append((pending.endpoint, self._frames(pending)))
+
+    def _frames(self, pending: Pending) -> list[Any]:
+        message = pending.message
+        options = message.options
+        if pending.call.delta:
+            assert self.held is not None
+            options = self.held.options(message, pending.whole)
+        watermark = next(iter(self._inflight)) if message.op in UPDATE_OPS else None
+        return encode_request(Request(message.op, self.client_id, pending.rid, message.tensors,
+                                      message.names, options, message.buffers, message.encoded,
+                                      watermark))
+
+    def _rid(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _complete(self, call: Call, error: BaseException | None = None) -> None:
+        if call.done:
+            return
+        if error is None:
+            try:
+                call.value = call.finish(call) if call.finish is not None else call.out
+            except ZpsError as exc:
+                error = exc
+        call.error, call.done = error, True
+        for rid in [r for r, p in self._inflight.items() if p.call is call]:
+            del self._inflight[rid]
+        if error is not None and self._queue:
+            self._queue = deque(p for p in self._queue if p.call is not call)
+        if call is self._delta_call:
+            self._delta_call = None
+            if self._delta_waiting:
+                self._begin(self._delta_waiting.popleft(), self._now)
+        if call.callback is not None:
+            call.callback(call)
+
+
+def unreachable_message(address: str, op: Op, attempts: int, timeout: float) -> str:
+    if op == Op.HELLO:
+        return (f"could not reach a zps server at {address} within {timeout:g} s; start one "
+                f"with `zps-server --bind {address}` or fix the address")
+    return (f"no answer from the zps server at {address} to {op} after {attempts} tries of "
+            f"{timeout:g} s; check that zps-server is running there and reachable")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+

@@ -1,0 +1,233 @@
+"""How a client's calls become messages (sans-IO): placement, batching, compression.
+
+A call names tables; the layout says which server holds which row range of each; the
+planner groups the parts by server into messages of at most ``chunk_bytes``, compresses
+pushes with the codec (error feedback kept per part, so a resend carries exactly what was
+encoded once), and checks each message against its server's size limit before anything is
+sent. Replies are put back into the caller's arrays part by part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
+from zps.codecs import CodecError, ErrorFeedback, make_codec
+from zps.config import ClientConfig
+from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
+from zps.protocol import DTYPES, EncodedMeta, Op, TensorMeta
+
+Arrays = dict[str, np.ndarray]
+
+# Room left for the msgpack header when checking a message against the server's size limit.
+HEADER_ALLOWANCE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One request of a call: ``op`` to server number ``server`` for ``parts``."""
+
+    server: int
+    op: Op
+    parts: tuple[Part, ...]
+    tensors: tuple[TensorMeta, ...] = ()
+    buffers: tuple[Any, ...] = ()
+    names: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    encoded: tuple[EncodedMeta, ...] = ()
+
+
+def server_list(servers: str | Sequence[str]) -> list[str]:
+    """Endpoints from a list or a comma-separated string."""
+    found = [s.strip() for s in ([servers] if isinstance(servers, str) else servers)]
+    found = [s.strip() for part in found for s in part.split(",") if s.strip()]
+    if not found:
+        raise ConfigError("no server address given; pass e.g. ['tcp://127.0.0.1:5570']")
+    return found
+
+
+class Planner:
+    """The layout of a client's tables and the planning of its messages."""
+
+    def __init__(self, config: ClientConfig, servers: int) -> None:
+        self.config = config
+        self.servers = servers
+        self.layout: Layout | None = None
+        self.limits: list[int | None] = [None] * servers  # each server's max message size
+        try:
+            self.codec = make_codec(config.codec)
+            self.pull_codec = (make_codec(config.pull_codec)
+                               if config.pull_codec is not None else None)
+        except CodecError as exc:
+            raise ConfigError(str(exc)) from None
+        self.feedback = (ErrorFeedback(self.codec, np)
+                         if config.error_feedback and not self.codec.lossless else None)
+
+    # ------------------------------------------------------------ tables
+
+    def plan_init(self, tensors: Mapping[str, Any]) -> tuple[Layout, Arrays]:
+        """The layout after adding ``tensors``, and the arrays to send (not yet committed)."""
+        arrays = {name: table_array(name, value) for name, value in tensors.items()}
+        specs = {name: TableSpec(a.shape, a.dtype) for name, a in arrays.items()}
+        known = self.layout.specs if self.layout else {}
+        for name, spec in specs.items():
+            if name in known and known[name] != spec:
+                raise ShapeMismatchError(
+                    "conflict",
+                    f"init of {name!r} with {spec.dtype}{list(spec.shape)} does not match the "
+                    f"table's {known[name].dtype}{list(known[name].shape)}")
+        return plan(specs, self.servers, self.config.chunk_bytes, self.layout), arrays
+
+    def need_layout(self) -> Layout:
+        if self.layout is None:
+            raise UnknownTableError(
+                "unknown_table",
+                "call init() first: the client learns the tables' shapes and where they live "
+                "from init(), which every worker calls with the same initial arrays")
+        return self.layout
+
+    def wanted(self, names: Iterable[str] | None) -> list[str]:
+        """The tables a pull asks for (all by default), each checked to be known."""
+        layout = self.need_layout()
+        if names is None:
+            return list(layout.specs)
+        if isinstance(names, str):
+            names = [names]
+        return [_known(layout, n) for n in names]
+
+    def deltas(self, deltas: Mapping[str, Any]) -> Arrays:
+        """Deltas as contiguous arrays of each table's dtype, shapes checked."""
+        layout = self.need_layout()
+        arrays = {}
+        for name, value in deltas.items():
+            spec = layout.specs[_known(layout, name)]
+            array = _contiguous(np.asarray(value, dtype=spec.dtype))
+            if array.shape != spec.shape:
+                raise ShapeMismatchError(
+                    "shape_mismatch",
+                    f"delta for {name!r} has shape {array.shape}, the table has {spec.shape}")
+            arrays[name] = array
+        return arrays
+
+    # ------------------------------------------------------------ messages
+
+    def messages(self, op: Op, layout: Layout, names: Sequence[str],
+                 arrays: Mapping[str, np.ndarray] | None = None,
+                 options: dict[str, Any] | None = None) -> list[Message]:
+        """One message per server and chunk: parts batched up to ``chunk_bytes``."""
+        messages = []
+        first_to: set[int] = set()
+        for group in self._group(list(layout.parts_of(list(names)))):
+            extra = dict(options or {})
+            if group[0].server in first_to:
+                extra.pop("loss", None)  # one loss report per server and push
+            first_to.add(group[0].server)
+            messages.append(_message(op, group, arrays, extra))
+        if op in (Op.PUSH, Op.PUSH_PULL) and self.codec.name != "none":
+            messages = [self._compress(m) for m in messages]
+        for message in messages:
+            self._check_size(message)
+        return messages
+
+    def _compress(self, message: Message) -> Message:
+        """The same message with each part encoded by the push codec."""
+        metas: list[EncodedMeta] = []
+        buffers: list[Any] = []
+        for part, piece in zip(message.parts, message.buffers, strict=True):
+            if self.feedback is not None:
+                encoded = self.feedback.encode(part.key, piece)
+            else:
+                encoded = self.codec.encode(np, piece)
+            metas.append(EncodedMeta(part.key, encoded.codec, encoded.params, encoded.dtype,
+                                     encoded.shape,
+                                     tuple((str(p.dtype), int(p.nbytes)) for p in encoded.parts)))
+            buffers.extend(encoded.parts)
+        return Message(message.server, message.op, message.parts, (), tuple(buffers),
+                       message.names, message.options, tuple(metas))
+
+    def _check_size(self, message: Message) -> None:
+        """Refuse, before sending, a message larger than its server accepts."""
+        limit = self.limits[message.server]
+        size = sum(int(b.nbytes) for b in message.buffers)
+        if limit is not None and size + HEADER_ALLOWANCE > limit:
+            raise RejectedError(
+                "too_large",
+                f"a {message.op} of {size} bytes exceeds the server's limit of {limit} bytes; "
+                "lower chunk_bytes (tables larger than it are split) or raise the server's "
+                "--max-message-bytes")
+
+    def _group(self, parts: list[Part]) -> list[list[Part]]:
+        groups: list[list[Part]] = []
+        open_group: dict[int, tuple[list[Part], int]] = {}
+        for part in parts:
+            group, size = open_group.get(part.server, ([], 0))
+            if group and size + part.nbytes > self.config.chunk_bytes:
+                groups.append(group)
+                group, size = [], 0
+            group.append(part)
+            open_group[part.server] = (group, size + part.nbytes)
+        groups.extend(g for g, _ in open_group.values() if g)
+        return groups
+
+
+def outputs(layout: Layout, names: Iterable[str]) -> Arrays:
+    """Fresh arrays for the values a call returns."""
+    return {n: np.empty(layout.specs[n].shape, layout.specs[n].dtype) for n in names}
+
+
+def place(out: Arrays, part: Part) -> np.ndarray:
+    """The view of ``out`` that ``part`` fills."""
+    return out[part.table] if part.whole else out[part.table][part.start:part.stop]
+
+
+def push_options(loss: float | None, weight: float | None) -> dict[str, Any]:
+    """Options a push carries: the worker's loss (rate rule ``loss``), its weight
+    (aggregation ``weighted``, e.g. the batch size)."""
+    options: dict[str, Any] = {}
+    if loss is not None:
+        options["loss"] = float(loss)
+    if weight is not None:
+        options["weight"] = float(weight)
+    return options
+
+
+def table_array(name: str, value: Any) -> np.ndarray:
+    """An init value as a table array: float32 and float64 are kept; other real numbers
+    (integers, float16) become float32; anything else is refused. A 0-d array stays 0-d."""
+    if not isinstance(name, str) or not name or any(c in name for c in RESERVED):
+        raise ConfigError(f"table name {name!r} must be a non-empty string without {RESERVED!r}")
+    array = np.asarray(value)
+    if array.dtype.name not in DTYPES:
+        if array.dtype.kind not in "iuf":
+            raise ShapeMismatchError("bad_dtype", f"table {name!r} must hold real numbers, "
+                                                  f"not {array.dtype}")
+        array = array.astype(np.float32)
+    return _contiguous(array)
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    # np.ascontiguousarray would turn a 0-d array into shape (1,)
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _known(layout: Layout, name: str) -> str:
+    if name not in layout.specs:
+        known = ", ".join(sorted(layout.specs)) or "none"
+        raise UnknownTableError("unknown_table",
+                                f"unknown table {name!r}; tables given to init(): {known}")
+    return name
+
+
+def _message(op: Op, parts: list[Part], arrays: Mapping[str, np.ndarray] | None,
+             options: dict[str, Any]) -> Message:
+    if arrays is None:
+        return Message(parts[0].server, op, tuple(parts), names=tuple(p.key for p in parts),
+                       options=options)
+    pieces = [arrays[p.table] if p.whole else arrays[p.table][p.start:p.stop] for p in parts]
+    return Message(parts[0].server, op, tuple(parts),
+                   tuple(TensorMeta.of(p.key, a) for p, a in zip(parts, pieces, strict=True)),
+                   tuple(pieces), options=options)

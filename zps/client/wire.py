@@ -1,0 +1,72 @@
+"""Reading replies off a DEALER socket for the engine (both clients use it).
+
+The header frame comes first; when the engine says where the reply's arrays belong (the
+caller's own arrays), the array frames are received straight into them, without an
+intermediate copy. Anything that disagrees with its header is dropped (the request then
+times out and is sent again).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import zmq
+
+from zps.client.engine import Engine
+from zps.errors import ProtocolError
+from zps.protocol import Limits, Reply, decode_reply_header, frame_sizes
+from zps.transport import discard_rest, more_frames, readable, recv_frame, recv_frame_into
+
+log = logging.getLogger("zps.client")
+
+
+def read_replies(sock: zmq.Socket, endpoint: int, engine: Engine, limits: Limits,
+                 now: float) -> None:
+    """Hand every reply queued on ``sock`` (from ``endpoint``) to ``engine``."""
+    while readable(sock):
+        try:
+            header = decode_reply_header(recv_frame(sock), limits)
+        except zmq.Again:
+            return
+        except ProtocolError as exc:
+            discard_rest(sock)
+            log.warning("dropped a malformed reply from %s: %s", engine.endpoints[endpoint],
+                        exc)
+            continue
+        sinks = engine.sinks(endpoint, header)
+        got = _read_buffers(sock, header, sinks)
+        if got is None:
+            log.warning("dropped a reply from %s whose arrays do not match its header",
+                        engine.endpoints[endpoint])
+            continue
+        buffers, filled = got
+        engine.receive(endpoint, Reply(header.request_id, header.tensors, header.info,
+                                       header.error, buffers, header.encoded), now, filled)
+
+
+def _read_buffers(sock: zmq.Socket, header: Reply,
+                  sinks: tuple[np.ndarray, ...]) -> tuple[tuple[Any, ...], bool] | None:
+    """The array frames after a reply header, received into ``sinks`` when given (they
+    match the header), else as frames. None (all frames consumed) if they disagree with
+    the header."""
+    got: list[Any] = []
+    for i, nbytes in enumerate(frame_sizes(header.tensors, header.encoded)):
+        if not more_frames(sock):
+            return None
+        if sinks:
+            if recv_frame_into(sock, sinks[i]) != nbytes:
+                discard_rest(sock)
+                return None
+            got.append(sinks[i])
+        else:
+            frame = recv_frame(sock)
+            if len(frame) != nbytes:
+                discard_rest(sock)
+                return None
+            got.append(frame)
+    if more_frames(sock):
+        discard_rest(sock)
+        return None
+    return tuple(got), bool(sinks)
