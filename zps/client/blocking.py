@@ -127,18 +127,19 @@ class Client(ClientBase):
         """Drive the engine until ``call`` is done; its result (or its error, raised)."""
         engine = self._engine
         limits = self.config.limits
-        while True:
-            self._flush()
-            if call.done:
-                return call.result()
+        self._flush()
+        while not call.done:
             deadline = engine.next_deadline()
             wait = 1000 if deadline is None else max(0, math.ceil(
                 (deadline - time.monotonic()) * 1000))
             for sock, _ in self._poller.poll(wait):
                 read_replies(sock, self._endpoint_of[sock], engine, limits, time.monotonic())
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                engine.expire(now)
+            if deadline is not None and not call.done:
+                now = time.monotonic()
+                if now >= deadline:
+                    engine.expire(now)
+            self._flush()
+        return call.result()
 
     def _flush(self) -> None:
         for endpoint, frames in self._engine.take_sends():

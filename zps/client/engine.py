@@ -109,12 +109,17 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """When ``expire`` must run next (None: nothing is waiting on time)."""
-        times = [p.deadline for p in self._inflight.values() if p.state != REGISTERING]
-        times += [h.deadline for h in self._hellos.values()]
-        times += self._watch_due.values()
+        best = float("inf")
+        for pending in self._inflight.values():  # (called on every wait: no lists)
+            if pending.deadline < best and pending.state != REGISTERING:
+                best = pending.deadline
+        if self._hellos:
+            best = min(best, *(h.deadline for h in self._hellos.values()))
+        if self._watch_due:
+            best = min(best, *self._watch_due.values())
         if self._connecting is not None:
-            times.append(self._connecting.next_deadline())
-        return min(times) if times else None
+            best = min(best, self._connecting.next_deadline())
+        return None if best == float("inf") else best
 
     def start(self, call: Call, now: float) -> Call:
         """Begin ``call``; its requests go out as ``max_inflight`` allows."""
@@ -203,7 +208,8 @@ class Engine:
         elif (pending := self._inflight.get(rid)) is not None and pending.state == SENT \
                 and endpoint == pending.endpoint:
             self._on_reply(pending, reply, now, filled)
-        self._pump(now)
+        if self._queue:
+            self._pump(now)
 
     def sinks(self, endpoint: int, reply: Reply) -> tuple[np.ndarray, ...]:
         """Where the arrays of ``reply`` (its header only) may be received straight into:
@@ -459,10 +465,11 @@ class Engine:
             except ZpsError as exc:
                 error = exc
         call.error, call.done = error, True
-        for rid in [r for r, p in self._inflight.items() if p.call is call]:
-            del self._inflight[rid]
-        if error is not None and self._queue:
-            self._queue = deque(p for p in self._queue if p.call is not call)
+        if error is not None:  # (on success every request of it is already done)
+            for rid in [r for r, p in self._inflight.items() if p.call is call]:
+                del self._inflight[rid]
+            if self._queue:
+                self._queue = deque(p for p in self._queue if p.call is not call)
         if call is self._delta_call:
             self._delta_call = None
             if self._delta_waiting:

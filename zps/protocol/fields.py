@@ -22,6 +22,7 @@ from zps.protocol.messages import DTYPES, PART_DTYPES, PROTOCOL_VERSION, Encoded
 MAX_ID = 2**63 - 1
 MAX_DIM = 2**40  # far above any real table, far below overflow in a product of 8 of them
 MAX_PARTS = 8  # buffers of one compressed tensor
+_ITEMSIZE: dict[str, int] = {name: np.dtype(name).itemsize for name in PART_DTYPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ def tensor_meta(item: Any, limits: Limits, dtypes: frozenset[str] = DTYPES) -> T
         allowed = ", ".join(sorted(dtypes))
         raise DecodeError("bad_dtype", f"dtype {dtype!r} of {name!r} is not one of: {allowed}")
     dims = check_shape(name, shape, limits)
-    expected = math.prod(dims) * np.dtype(dtype).itemsize
+    expected = math.prod(dims) * _ITEMSIZE[dtype]
     if not is_int(nbytes) or nbytes != expected:
         raise DecodeError(
             "bad_shape",
@@ -163,7 +164,7 @@ def encoded_meta(item: Any, limits: Limits) -> EncodedMeta:
     for part in parts:
         if not (isinstance(part, list) and len(part) == 2 and isinstance(part[0], str)
                 and part[0] in PART_DTYPES and is_int(part[1]) and part[1] >= 0
-                and part[1] % np.dtype(part[0]).itemsize == 0):
+                and part[1] % _ITEMSIZE[part[0]] == 0):
             raise DecodeError("bad_dtype", f"{name!r}: bad compressed part {part!r}")
         checked.append((part[0], part[1]))
     return EncodedMeta(name, codec, params, dtype, dims, tuple(checked))

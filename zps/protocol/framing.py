@@ -43,6 +43,7 @@ from zps.protocol.messages import (
 )
 
 _OPS: dict[str, Op] = {op.value: op for op in Op}
+_DATA_OPS = TENSOR_OPS | NAME_OPS
 
 
 # ---------------------------------------------------------------- encoding
@@ -163,7 +164,7 @@ def _check_op_shape(op: Op, has_tensors: bool, has_names: bool) -> None:
         raise DecodeError("bad_header", f"{op} carries tensors 't' and no names 'n'")
     if op in NAME_OPS and (has_tensors or not has_names):
         raise DecodeError("bad_header", f"{op} carries table names 'n' and no tensors")
-    if op not in TENSOR_OPS | NAME_OPS and (has_tensors or has_names):
+    if op not in _DATA_OPS and (has_tensors or has_names):
         raise DecodeError("bad_header", f"{op} carries no tensors and no names")
 
 

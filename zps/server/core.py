@@ -18,7 +18,7 @@ from zps.codecs import CodecError
 from zps.config import ServerConfig
 from zps.errors import ProtocolError
 from zps.protocol import PROTOCOL_VERSION, Op, Replicated, Reply, Request
-from zps.server.handlers import Handlers
+from zps.server.handlers import DURABLE_OPS, Handlers
 from zps.server.pushes import Pushes
 from zps.server.reads import Reads
 from zps.server.replica import Replica
@@ -39,7 +39,6 @@ from zps.store import (
 log = logging.getLogger("zps.server")
 
 STANDBY_OPS = frozenset({Op.HELLO, Op.STATS, Op.HEARTBEAT, Op.BYE, Op.WATCH})
-DURABLE_OPS = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL})
 # Domain errors of the store and codecs, as wire codes.
 ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
     (UnknownTable, "unknown_table"),

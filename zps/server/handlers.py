@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("zps.server")
 
 Handler = Callable[["Call"], "Outgoing | Deferred"]
+# Updates (and inits) are acknowledged only once the standby holds them, with durable
+# replication.
+DURABLE_OPS = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL})
 MAX_LAYOUT_SHARDS = 1 << 16
 
 
@@ -114,7 +117,7 @@ class Handlers:
 
     # ------------------------------------------------------------ tables
 
-    def init(self, call: Call) -> Deferred:
+    def init(self, call: Call) -> Outgoing | Deferred:
         state, request = self.state, call.request
         arrays = request.arrays()
         layout = request.options.get("layout")
@@ -135,9 +138,9 @@ class Handlers:
             log.info("table %s created: %s %s%s", name, arrays[name].dtype, arrays[name].shape,
                      f" with server-side {spec['name']}" if spec else "")
         names = list(arrays)
-        return self._deferred(call, [], lambda: self._tables(call, names, None, fresh))
+        return self._answer(call, [], lambda: self._tables(call, names, None, fresh))
 
-    def push(self, call: Call) -> Deferred:
+    def push(self, call: Call) -> Outgoing | Deferred:
         accepted = self.core.pushes.accept(call.request, call.now)
         state = self.state
         bsp = self.core.rounds.bsp
@@ -152,9 +155,9 @@ class Handlers:
         def build() -> tuple[Reply, tuple[()]]:
             return Reply(call.request.request_id,
                          info={**state.info(), "seq": state.store.seq}), ()
-        return self._deferred(call, conditions, build)
+        return self._answer(call, conditions, build)
 
-    def pull(self, call: Call) -> Deferred:
+    def pull(self, call: Call) -> Outgoing | Deferred:
         request = call.request
         names = list(request.names)
         for name in names:
@@ -162,16 +165,16 @@ class Handlers:
         wish = self.core.reads.wish(request, names)
         self.state.counters["pulls"] += 1
         conditions = self.core.reads.conditions(request.client_id, names, {})
-        return self._deferred(call, conditions, lambda: self._tables(call, names, wish))
+        return self._answer(call, conditions, lambda: self._tables(call, names, wish))
 
-    def push_pull(self, call: Call) -> Deferred:
+    def push_pull(self, call: Call) -> Outgoing | Deferred:
         request = call.request
         names = request.table_names()
         wish = self.core.reads.wish(request, names)  # checked before the push is applied
         accepted = self.core.pushes.accept(request, call.now)
         self.state.counters["pulls"] += 1
         conditions = self.core.reads.conditions(request.client_id, names, accepted.rounds)
-        return self._deferred(call, conditions, lambda: self._tables(call, names, wish))
+        return self._answer(call, conditions, lambda: self._tables(call, names, wish))
 
     def _tables(self, call: Call, names: list[str], wish: Any,
                 created: list[str] | None = None) -> Any:
@@ -179,6 +182,15 @@ class Handlers:
         if created is not None:
             reply.info["created"] = created
         return reply, leases
+
+    def _answer(self, call: Call, conditions: list[Condition],
+                build: Callable[[], Any]) -> Outgoing | Deferred:
+        """The reply now, if nothing needs waiting for (the common case: no registry),
+        else a deferred one."""
+        if not conditions and not (self.core.durable and call.request.op in DURABLE_OPS):
+            reply, leases = build()
+            return Outgoing(call.peer, reply, leases)
+        return self._deferred(call, conditions, build)
 
     def _deferred(self, call: Call, conditions: list[Condition],
                   build: Callable[[], Any]) -> Deferred:

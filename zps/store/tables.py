@@ -55,12 +55,13 @@ class DenseTable:
     """One dense tensor, its version, and an optional server-side optimizer."""
 
     kind = "dense"
-    __slots__ = ("_frozen_state", "_pins", "_spares", "data", "name", "optimizer", "swaps",
-                 "version")
+    __slots__ = ("_dtype_name", "_frozen_state", "_pins", "_spares", "data", "name",
+                 "optimizer", "swaps", "version")
 
     def __init__(self, name: str, data: np.ndarray, optimizer: Optimizer | None = None) -> None:
         self.name = name
         self.data = data
+        self._dtype_name = data.dtype.name  # (computed on every access of dtype.name)
         self.version = 0
         self.optimizer = optimizer  # pushes are gradients and the server takes the step
         self.swaps = 0  # updates written to another buffer because a reader held this one
@@ -86,7 +87,7 @@ class DenseTable:
 
     def check(self, shape: tuple[int, ...], dtype: str, what: str) -> None:
         """Refuse (``TableMismatch``; ``TableConflict`` for an init) another shape/dtype."""
-        if tuple(shape) != self.data.shape or dtype != self.data.dtype.name:
+        if dtype != self._dtype_name or tuple(shape) != self.data.shape:
             cls = TableConflict if what == "init" else TableMismatch
             raise cls(f"{what} of {self.name!r} with {dtype}{list(shape)} does not match the "
                       f"table's {self.data.dtype}{list(self.data.shape)}")
