@@ -68,3 +68,17 @@ class Pending:
     @property
     def message(self) -> Message:
         return self.call.messages[self.index]
+
+
+def unreachable_message(address: str, op: Op, attempts: int, timeout: float) -> str:
+    if op == Op.HELLO:
+        return (f"could not reach a zps server at {address} within {timeout:g} s; start one "
+                f"with `zps-server --bind {address}` or fix the address")
+    return (f"no answer from the zps server at {address} to {op} after {attempts} tries of "
+            f"{timeout:g} s; check that zps-server is running there and reachable")
+
+
+def as_int(value: Any) -> int:
+    """An integer field of a reply's info, or 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from zps.client.calls import unreachable_message
 from zps.errors import ServerUnreachable, remote_error
 from zps.protocol import Op, Reply
 
@@ -67,9 +68,7 @@ class Connecting:
                        f"{self.engine.config.connect_timeout:g} s ({roles}); start its primary "
                        "or wait for the standby to take over")
         else:
-            from zps.client.engine import unreachable_message
-
-            message = unreachable_message(address, Op.HELLO, 1,
+                message = unreachable_message(address, Op.HELLO, 1,
                                           self.engine.config.connect_timeout)
         self._fail(ServerUnreachable(message))
 

@@ -18,14 +18,24 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from zps.client.calls import HELD, REGISTERING, SENT, Call, Pending, Send
+from zps.client.calls import (
+    HELD,
+    REGISTERING,
+    SENT,
+    Call,
+    Pending,
+    Send,
+    as_int,
+    unreachable_message,
+)
 from zps.client.connect import Connecting
 from zps.client.deltas import HeldCopies, StaleBase
+from zps.client.failover import Failover
 from zps.client.plans import Planner, place, server_list
 from zps.config import ClientConfig
 from zps.errors import (
@@ -44,15 +54,6 @@ HANDOVER_ERRORS = ("not_primary", "shutting_down")  # the shard is changing hand
 HEARTBEAT_IDS = 1 << 62  # heartbeats never meet the request ids the servers track
 ID_WINDOW = 1 << 15  # unfinished request ids a client keeps above its watermark
 DATA_OPS = (Op.INIT, Op.PULL, Op.PUSH_PULL)  # replies that carry table values
-
-
-@dataclass(slots=True)
-class _Hello:
-    """A hello in flight that registers this client with a shard's primary again."""
-
-    shard: int
-    deadline: float
-    attempts_left: int
 
 
 class Engine:
@@ -83,10 +84,7 @@ class Engine:
         self._heartbeat_id = HEARTBEAT_IDS
         self._inflight: dict[int, Pending] = {}  # by request id: ids increase, so the
         self._queue: deque[Pending] = deque()    # first key is the watermark
-        self._hellos: dict[int, _Hello] = {}
-        self._registering: set[int] = set()
-        self._watches: dict[int, int] = {}  # request id of a watch -> shard
-        self._watch_due: dict[int, float] = {}
+        self.failover = Failover(self)
         self._connecting: Connecting | None = None
         self._delta_call: Call | None = None
         self._delta_waiting: deque[Call] = deque()
@@ -113,10 +111,7 @@ class Engine:
         for pending in self._inflight.values():  # (called on every wait: no lists)
             if pending.deadline < best and pending.state != REGISTERING:
                 best = pending.deadline
-        if self._hellos:
-            best = min(best, *(h.deadline for h in self._hellos.values()))
-        if self._watch_due:
-            best = min(best, *self._watch_due.values())
+        best = min(best, self.failover.next_deadline())
         if self._connecting is not None:
             best = min(best, self._connecting.next_deadline())
         return None if best == float("inf") else best
@@ -157,7 +152,7 @@ class Engine:
             for slot in (0, 1) if self.has_standby(shard) else (0,):
                 rid = self._rid()
                 self._connecting.asked[rid] = (shard, slot)
-                self._sends.append((2 * shard + slot, self._hello_frames(shard, rid)))
+                self._sends.append((2 * shard + slot, self.hello_frames(shard, rid)))
         return call
 
     def connecting_failed(self) -> None:
@@ -172,18 +167,18 @@ class Engine:
         self._connecting = None
         for shard in range(len(self.servers)):
             if self.has_standby(shard):
-                self._watch(shard, now)
+                self.failover.watch(shard, now)
 
     def adopt_hello(self, shard: int, info: dict[str, Any]) -> None:
         """What a shard's primary said in answer to hello."""
         self.hello[shard] = info
-        self.epochs[shard] = max(self.epochs[shard], _int(info.get("epoch")))
+        self.epochs[shard] = max(self.epochs[shard], as_int(info.get("epoch")))
         self.server_ids[shard] = info.get("sid") or info.get("server_id")
         limit = info.get("max_message_bytes")
         self.planner.limits[shard] = limit if isinstance(limit, int) else None
-        self._next_id = max(self._next_id, _int(info.get("next_id")))  # above ids it saw
+        self._next_id = max(self._next_id, as_int(info.get("next_id")))  # above ids it saw
 
-    def _hello_frames(self, shard: int, rid: int) -> list[Any]:
+    def hello_frames(self, shard: int, rid: int) -> list[Any]:
         options = {"role": self.config.role,
                    "layout": [len(self.servers), self.config.chunk_bytes, shard]}
         return encode_request(Request(Op.HELLO, self.client_id, rid, options=options))
@@ -201,10 +196,8 @@ class Engine:
             return
         if self._connecting is not None and rid in self._connecting.asked:
             self._connecting.answer(rid, reply, now)
-        elif rid in self._hellos:
-            self._on_hello(self._hellos.pop(rid), endpoint, reply, now)
-        elif rid in self._watches:
-            self._on_watch(self._watches.pop(rid), endpoint, reply, now)
+        elif self.failover.take(rid, endpoint, reply, now):
+            pass
         elif (pending := self._inflight.get(rid)) is not None and pending.state == SENT \
                 and endpoint == pending.endpoint:
             self._on_reply(pending, reply, now, filled)
@@ -221,7 +214,7 @@ class Engine:
                 or pending.call.op not in DATA_OPS:
             return ()
         parts = pending.message.parts
-        if len(reply.tensors) != len(parts) or _int(reply.info.get("epoch")) \
+        if len(reply.tensors) != len(parts) or as_int(reply.info.get("epoch")) \
                 < self.epochs[pending.message.server]:
             return ()
         views = tuple(place(pending.call.out, part) for part in parts)
@@ -233,7 +226,7 @@ class Engine:
 
     def _on_reply(self, pending: Pending, reply: Reply, now: float, filled: bool) -> None:
         shard = pending.message.server
-        if _int(reply.info.get("epoch")) < self.epochs[shard]:
+        if as_int(reply.info.get("epoch")) < self.epochs[shard]:
             return  # a deposed primary
         sid, known = reply.info.get("sid"), self.server_ids[shard]
         if known is not None and sid is not None and sid != known:
@@ -250,7 +243,7 @@ class Engine:
                 self._scatter(pending, reply)
         except StaleBase:
             pending.whole = True  # the copy it started from is gone: ask for whole parts
-            self._resend(pending, now)
+            self.resend(pending, now)
             return
         except ZpsError as exc:
             self._complete(call, exc)
@@ -286,70 +279,10 @@ class Engine:
             pending.registered = True  # once per request: an observer's push stops here
             pending.state = REGISTERING
             log.info("%s (%s); registering again", text, self.address(shard))
-            self._register(shard, now)
+            self.failover.register(shard, now)
             return
         self._complete(pending.call, remote_error(code, f"{pending.message.op} failed: {text}",
                                                   self.address(shard)))
-
-    # ------------------------------------------------------------ registering, failover
-
-    def _register(self, shard: int, now: float, attempts: int | None = None) -> None:
-        """Say hello again to ``shard``'s primary; its held requests follow the answer."""
-        if shard in self._registering:
-            return
-        self._registering.add(shard)
-        rid = self._rid()
-        self._hellos[rid] = _Hello(shard, now + self.config.connect_timeout,
-                                   self.config.retries if attempts is None else attempts)
-        self._sends.append((2 * shard + self.active[shard], self._hello_frames(shard, rid)))
-
-    def _on_hello(self, hello: _Hello, endpoint: int, reply: Reply, now: float) -> None:
-        shard = hello.shard
-        if endpoint != 2 * shard + self.active[shard]:
-            return
-        self._registering.discard(shard)
-        held = [p for p in self._inflight.values()
-                if p.message.server == shard and p.state == REGISTERING]
-        if reply.error is not None:
-            error = remote_error(reply.error[0], f"hello failed: {reply.error[1]}",
-                                 self.address(shard))
-            for pending in held:
-                self._complete(pending.call, error)
-            return
-        self.adopt_hello(shard, reply.info)
-        for pending in held:
-            self._resend(pending, now)
-
-    def _watch(self, shard: int, now: float) -> None:
-        """Ask shard's standby to answer once it has taken over (a primary answers at
-        once, so a takeover missed while away is noticed). The standby keeps one watch per
-        client, so re-arming it every ``timeout`` piles nothing up."""
-        for rid in [r for r, s in self._watches.items() if s == shard]:
-            del self._watches[rid]
-        rid = self._rid()
-        self._watches[rid] = shard
-        self._watch_due[shard] = now + self.config.timeout
-        self._sends.append((2 * shard + 1 - self.active[shard],
-                            encode_request(Request(Op.WATCH, self.client_id, rid))))
-
-    def _on_watch(self, shard: int, endpoint: int, reply: Reply, now: float) -> None:
-        info = reply.info
-        epoch = _int(info.get("epoch"))
-        if reply.error is not None or endpoint != 2 * shard + 1 - self.active[shard] \
-                or info.get("role") != "primary" or epoch <= self.epochs[shard]:
-            return  # re-armed when due
-        log.warning("zps server %s took over from %s (epoch %d); switching",
-                    self.endpoints[endpoint], self.address(shard), epoch)
-        self.active[shard] = 1 - self.active[shard]
-        self.adopt_hello(shard, info)
-        self.epochs[shard] = epoch
-        if self.held is not None:
-            self.held.clear()  # delta pulls start again from whole tables
-        for pending in self._inflight.values():
-            if pending.message.server == shard:
-                pending.state, pending.whole = REGISTERING, True
-        self._register(shard, now)  # the new primary does not know this client yet
-        self._watch(shard, now)  # the old primary may come back as the new standby
 
     # ------------------------------------------------------------ time
 
@@ -369,25 +302,8 @@ class Engine:
                     call.timeout or self.config.timeout)))
             else:
                 self._transmit(pending, now)
-        for rid, hello in list(self._hellos.items()):
-            if hello.deadline <= now:
-                del self._hellos[rid]
-                self._registering.discard(hello.shard)
-                if hello.attempts_left > 0:
-                    self._register(hello.shard, now, hello.attempts_left - 1)
-                else:
-                    self._fail_registering(hello.shard)
-        for shard, due in list(self._watch_due.items()):
-            if due <= now:
-                self._watch(shard, now)
+        self.failover.expire(now)
         self._pump(now)
-
-    def _fail_registering(self, shard: int) -> None:
-        error = ServerUnreachable(unreachable_message(self.address(shard), Op.HELLO, 1,
-                                                      self.config.connect_timeout))
-        for pending in list(self._inflight.values()):
-            if pending.message.server == shard and pending.state == REGISTERING:
-                self._complete(pending.call, error)
 
     # ------------------------------------------------------------ requests
 
@@ -423,14 +339,14 @@ class Engine:
             inflight[pending.rid] = pending
             self._transmit(pending, now)
 
-    def _resend(self, pending: Pending, now: float) -> None:
+    def resend(self, pending: Pending, now: float) -> None:
         """Send again without spending an attempt (a takeover, a registration)."""
         pending.attempts_left += 1
         self._transmit(pending, now)
 
     def _transmit(self, pending: Pending, now: float) -> None:
         shard = pending.message.server
-        if shard in self._registering:
+        if self.failover.registering(shard):
             pending.state = REGISTERING
             return
         pending.endpoint = 2 * shard + self.active[shard]
@@ -450,6 +366,17 @@ class Engine:
         return encode_request(Request(message.op, self.client_id, pending.rid, message.tensors,
                                       message.names, options, message.buffers, message.encoded,
                                       watermark))
+
+    def in_flight(self, shard: int) -> list[Pending]:
+        """The requests in flight to ``shard``."""
+        return [p for p in self._inflight.values() if p.message.server == shard]
+
+    def new_id(self) -> int:
+        """A fresh request id (for hellos and watches, which no server tracks)."""
+        return self._rid()
+
+    def add_send(self, endpoint: int, frames: list[Any]) -> None:
+        self._sends.append((endpoint, frames))
 
     def _rid(self) -> int:
         rid = self._next_id
@@ -476,16 +403,3 @@ class Engine:
                 self._begin(self._delta_waiting.popleft(), self._now)
         if call.callback is not None:
             call.callback(call)
-
-
-def unreachable_message(address: str, op: Op, attempts: int, timeout: float) -> str:
-    if op == Op.HELLO:
-        return (f"could not reach a zps server at {address} within {timeout:g} s; start one "
-                f"with `zps-server --bind {address}` or fix the address")
-    return (f"no answer from the zps server at {address} to {op} after {attempts} tries of "
-            f"{timeout:g} s; check that zps-server is running there and reachable")
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
