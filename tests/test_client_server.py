@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -21,6 +22,7 @@ from zps.protocol import (
     decode_reply,
     encode_request,
 )
+from zps.runtime import run
 
 from .conftest import ServerThread
 
@@ -364,3 +366,84 @@ def test_reply_arrays_that_disagree_with_their_header_are_not_used() -> None:
         thread.join(timeout=10)
     finally:
         router.close(linger=0)
+
+
+def test_pulling_an_unknown_table_is_an_unknown_table_error(start_server) -> None:
+    """Regression: ps.pull(["nope"]) raised a plain ZpsError."""
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        with pytest.raises(zps.UnknownTableError, match="init"):
+            ps.pull(["nope"])
+        ps.init({"w": np.zeros(2)})
+        with pytest.raises(zps.UnknownTableError, match="'nope'"):
+            ps.pull(["nope"])
+        with pytest.raises(KeyError):
+            ps.push({"nope": np.ones(2)})
+        assert set(ps.pull("w")) == {"w"}  # one name as a string
+
+
+def test_an_async_client_used_after_close_says_so(start_server) -> None:
+    """Regression: AsyncClient used after close() raised IndexError."""
+    server = start_server(mode="async")
+
+    async def main() -> None:
+        async with zps.AsyncClient([server.address]) as ps:
+            await ps.init({"w": np.zeros(2)})
+        with pytest.raises(zps.ClosedError):
+            await ps.pull()
+        with pytest.raises(zps.ClosedError):
+            await ps.push({"w": np.ones(2)})
+
+    run(main())
+
+
+def test_workers_listing_the_servers_in_another_order_are_told_at_once(start_server) -> None:
+    """Regression: workers given the same servers in a different order hung (their tables
+    landed on different servers and no sync round ever closed)."""
+    a, b = start_server(mode="sync"), start_server(mode="sync")
+    with zps.Client([a.address, b.address]) as ps:
+        ps.init({"w": np.zeros((300, 4), np.float32), "v": np.zeros(7, np.float32)})
+        with pytest.raises(zps.ShapeMismatchError, match="same order"):
+            zps.Client([b.address, a.address], connect_timeout=2)
+        with pytest.raises(zps.ShapeMismatchError, match="chunk_bytes"):
+            zps.Client([a.address, b.address], chunk_bytes=1024, connect_timeout=2)
+        with zps.Client([a.address, b.address], role="observer") as watcher:
+            assert watcher.stats()[0]["layout"] == [2, ps.config.chunk_bytes]
+
+
+def test_init_keeps_0d_arrays_and_stores_other_numbers_as_float32(start_server) -> None:
+    """Regression: 0-d arrays came back with shape (1,). Integer and float16 values are
+    stored as float32 (documented); other kinds are refused."""
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        got = ps.init({"s": np.float64(2.5), "i": np.arange(3), "h": np.ones(2, np.float16)})
+        assert got["s"].shape == () and got["s"].dtype == np.float64 and got["s"] == 2.5
+        assert got["i"].dtype == np.float32 and got["h"].dtype == np.float32
+        ps.push({"s": 0.5})
+        assert ps.pull(["s"])["s"] == 3.0
+        with pytest.raises(zps.ShapeMismatchError, match="real numbers"):
+            ps.init({"b": np.array([True, False])})
+
+
+def test_a_rerun_against_a_live_server_says_so_once(start_server, caplog) -> None:
+    """Regression: a re-run against a live server silently continued from the old
+    parameters."""
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(2)})
+        ps.push({"w": np.ones(2)})
+    with caplog.at_level(logging.WARNING, logger="zps.client"), \
+            zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(2)})
+        ps.init({"w": np.zeros(2)})
+    said = [r.getMessage() for r in caplog.records if "already on the servers" in r.getMessage()]
+    assert len(said) == 1 and "w (version 1)" in said[0]
+
+
+@pytest.mark.parametrize("codec", ["int8:12", "sign:4", "int8:0", "topk:2", "int8:99999999"])
+def test_codecs_the_server_would_refuse_are_refused_by_the_client_too(codec: str) -> None:
+    """Regression: the client accepted codec specs the server refused."""
+    with pytest.raises(zps.ConfigError, match="codec"):
+        zps.Client(["tcp://127.0.0.1:1"], codec=codec)
+    with pytest.raises(zps.ConfigError, match="codec"):
+        zps.Client(["tcp://127.0.0.1:1"], pull_codec=codec)

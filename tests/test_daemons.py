@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import zps
 from zps.cli import server_main, worker_main
 from zps.cli.cluster import LocalCluster
 from zps.cli.options import UsageError
+from zps.store import latest_checkpoint, read_checkpoint
 
 from .conftest import ROOT, python_env, run_cli
 
@@ -68,6 +70,12 @@ def test_server_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         (["zps.cli.server_main", "--bogus"], {}, "unrecognized arguments: --bogus"),
         (["zps.cli.server_main"], {"ZPS_WORKERS": "zero"}, "ZPS_WORKERS: invalid value"),
         (["zps.cli.server_main", "--bind", "localhost:5570"], {}, "must look like tcp://"),
+        # Regression: ZeroMQ bound port 99999 as 34463 (modulo 65536) without a word.
+        (["zps.cli.server_main", "--bind", "tcp://127.0.0.1:99999"], {}, "port from 0 to 65535"),
+        (["zps.cli.server_main", "--pub-bind", "tcp://127.0.0.1:70000"], {}, "--pub-bind"),
+        # Regression: an unwritable --checkpoint-dir was noticed at the first write.
+        (["zps.cli.server_main", "--bind", "tcp://127.0.0.1:0", "--checkpoint-dir",
+          "/dev/null/ckpt"], {}, "cannot write checkpoints to /dev/null/ckpt"),
         (["zps.cli.server_main", "--config", "/nonexistent.toml"], {}, "cannot read config"),
         (["zps.cli.worker_main", "--worker-index", "4", "--num-workers", "2"], {},
          "--worker-index 4 must be in 0..1"),
@@ -101,11 +109,58 @@ def test_unwritable_ready_file_is_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_bind_conflict_is_one_line(start_server) -> None:
+def test_bind_conflict_is_one_line_naming_the_address(start_server) -> None:
+    """Regression: a bind error named --bind even when the change stream's address was the
+    one taken."""
     server = start_server()
     result = run_cli("zps.cli.server_main", "--bind", server.address)
-    assert result.returncode == 2 and "cannot bind" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2 and f"cannot bind the server (--bind) to {server.address}" \
+        in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
+                     "--pub-bind", server.address)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot bind the change stream (--pub-bind) to {server.address}" in result.stderr
+
+
+def test_sigterm_while_a_pull_waits_still_checkpoints_and_stops(tmp_path: Path) -> None:
+    """Regression: SIGTERM while a pull waited for a sync round made zps-server exit 0
+    without its final checkpoint or its "stopped" line (the signal handler's close() was
+    cancelled by the second close() that serve() called)."""
+    ready, folder = tmp_path / "addr", tmp_path / "ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
+         "--mode", "sync", "--workers", "2", "--checkpoint-dir", str(folder),
+         "--ready-file", str(ready)], env=python_env(), cwd=ROOT,
+        stderr=subprocess.PIPE, text=True)
+    errors: list[BaseException] = []
+    try:
+        from .conftest import wait_for
+
+        wait_for(ready.exists, what="the server to listen")
+        ps = zps.Client([ready.read_text()], timeout=30, retries=0)
+        ps.init({"w": np.zeros(2)})
+
+        def wait_for_round() -> None:
+            try:
+                ps.push_pull({"w": np.ones(2)})  # the round waits for a second worker
+            except zps.ZpsError as exc:
+                errors.append(exc)
+
+        waiter = threading.Thread(target=wait_for_round)
+        waiter.start()
+        with zps.Client([ready.read_text()], role="observer") as probe:
+            wait_for(lambda: probe.stats()[0]["waiting"] == 1, what="the pull to wait")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        waiter.join(timeout=20)
+        ps.close()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err
+    assert "checkpoint" in err and "written" in err and "stopped" in err
+    assert errors and "shutting down" in str(errors[0])
+    snapshot = read_checkpoint(latest_checkpoint(folder))  # type: ignore[arg-type]
+    assert [t.name for t in snapshot.tables] == ["w"]
 
 
 def test_config_precedence_flag_env_toml(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import msgpack
@@ -14,14 +15,19 @@ from hypothesis import strategies as st
 from zps.errors import ProtocolError
 from zps.protocol import (
     PROTOCOL_VERSION,
+    Beat,
     DecodeError,
     Limits,
     Op,
+    Replicated,
     Reply,
     Request,
     TensorMeta,
     decode_reply,
     decode_request,
+    decode_stream,
+    encode_beat,
+    encode_change,
     encode_reply,
     encode_request,
 )
@@ -192,3 +198,57 @@ def test_random_replies_only_raise_protocol_errors(fields: dict[str, Any],
         reply = decode_reply([msgpack.packb(fields), *buffers])
         assert reply.request_id is None or isinstance(reply.request_id, int)
         assert isinstance(reply.info, dict)
+
+
+def test_protocol_version_true_is_not_version_one() -> None:
+    """Regression: msgpack booleans passed the integer check, so version True read as 1."""
+    frames = [msgpack.packb({"v": True, "op": "pull", "c": "c", "r": 1, "n": ["w"]})]
+    with pytest.raises(DecodeError) as info:
+        decode_request(frames)
+    assert info.value.code == "bad_version"
+
+
+def test_a_header_with_a_huge_shape_is_refused_before_anything_is_multiplied() -> None:
+    """Regression: a sub-1-MiB compressed header with ~100k shape dimensions stalled the
+    event loop for seconds (the size check multiplied them first)."""
+    shape = [2**39] * 100_000
+    frames = [msgpack.packb({"v": PROTOCOL_VERSION, "op": "push", "c": "c", "r": 1, "w": 1,
+                             "z": [["w", "int8", {}, "float32", shape, [["int8", 4]]]]}),
+              b"\0" * 4]
+    assert len(frames[0]) < 1 << 20
+    started = time.perf_counter()
+    with pytest.raises(DecodeError) as info:
+        decode_request(frames)
+    assert info.value.code == "bad_shape" and time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("watermark", [True, -1, 8, "1", 2**63])
+def test_a_watermark_above_the_request_id_or_not_an_int_is_refused(watermark: Any) -> None:
+    frames = [msgpack.packb({"v": PROTOCOL_VERSION, "op": "pull", "c": "c", "r": 7,
+                             "w": watermark, "n": ["w"]})]
+    with pytest.raises(DecodeError, match="watermark"):
+        decode_request(frames)
+
+
+def test_stream_changes_and_beats_round_trip() -> None:
+    update = np.arange(6, dtype=np.float32)
+    change = Replicated(5, 2, "w", 3, "apply", 0.5, (("c", 10, 9),), {"x": 1},
+                        TensorMeta.of("w", update), None, (update,))
+    got = decode_stream([bytes(memoryview(f)) for f in encode_change(change)])
+    assert isinstance(got, Replicated)
+    assert (got.seq, got.epoch, got.table, got.version, got.scale, got.requests, got.meta) \
+        == (5, 2, "w", 3, 0.5, (("c", 10, 9),), {"x": 1})
+    np.testing.assert_array_equal(got.dense(), update)
+    assert decode_stream(encode_beat(Beat(7, 3))) == Beat(7, 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=4),
+       st.dictionaries(st.sampled_from(["v", "s", "e", "n", "ver", "k", "g", "q", "m", "t", "z"]),
+                       st.none() | st.booleans() | st.integers(-5, 2**64 - 1) | st.text(max_size=4)
+                       | st.lists(st.integers(-1, 9), max_size=3), max_size=11))
+def test_malformed_stream_messages_raise_only_decode_errors(buffers: list[bytes],
+                                                            fields: dict[str, Any]) -> None:
+    for topic in (b"c", b"h", b"x"):
+        with contextlib.suppress(DecodeError):
+            decode_stream([topic, msgpack.packb({"v": PROTOCOL_VERSION, **fields}), *buffers])

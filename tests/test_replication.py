@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import subprocess
@@ -11,13 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
+import zmq
 
 import zps
+import zps.server
 from zps.cli.cluster import LocalCluster
-from zps.protocol import Op
-from zps.store import latest_checkpoint
+from zps.protocol import Limits, Op
+from zps.server import follower
+from zps.store import latest_checkpoint, read_checkpoint
 
 from .conftest import ROOT, ServerThread, python_env, run_cli, wait_for
 from .test_client_server import raw_dealer, raw_request
@@ -72,6 +77,36 @@ def test_standby_holds_a_bit_identical_copy(start_server) -> None:
     with zps.Client([standby.address], role="observer") as ps:
         info = ps.stats()[0]
     assert info["role"] == "standby" and info["replica"]["lag"] == 0
+
+
+def test_a_standby_catches_up_after_a_long_run(start_server, monkeypatch) -> None:
+    """Regression: after a long run (many clients x tables x pushes) the snapshot's dedup
+    state passed the 1 MiB header cap; the standby dropped the reply without a log line and
+    asked again forever, and with --replication sync every push then hung. The request
+    identity stays small now, and a snapshot travels in bounded chunks (here a 12 MB table
+    in chunks of 64 KiB)."""
+    monkeypatch.setattr(follower, "CHUNK_BYTES", 64 << 10)
+    limits = Limits(max_message_bytes=2 << 20)
+    primary = start_server(mode="async", replication="sync", limits=limits)
+    with zps.Client([primary.address], chunk_bytes=1 << 20, timeout=10) as ps:
+        ps.init({"w": np.zeros((3000, 1000), np.float32)})
+        ps.push({"w": np.ones((3000, 1000), np.float32)})
+
+        def long_run() -> int:  # 8 clients x 16 tables x 10k pushes each
+            ledger = primary.server.core.state.ledger
+            for client in range(8):
+                for rid in range(1, 10_001):
+                    ledger.advance(f"c{client}", rid)
+                    for table in range(16):
+                        ledger.applied(f"c{client}", f"t{table}", rid)
+            return len(msgpack.packb(ledger.export()))
+
+        assert primary.run(long_run) < 64 << 10
+        standby = start_server(mode="async", standby_of=primary.address, limits=limits)
+        wait_for(lambda: caught_up(primary, standby), what="the standby to catch up")
+        ps.push({"w": np.ones((3000, 1000), np.float32)})  # durable: acknowledged by both
+        wait_for(lambda: caught_up(primary, standby), what="the standby to follow")
+        assert (ps.pull()["w"] == 2.0).all()
 
 
 def test_a_standby_refuses_requests_until_it_takes_over(start_server) -> None:
@@ -151,6 +186,23 @@ def applied_ids(server: ServerThread, client: str) -> list[int]:
     """The request ids a snapshot of ``server`` would say ``client`` had applied."""
     rows = server.run(lambda: server.server.core.extra_state()["identity"])
     return [i for row in rows if row[0] == client for _, ids in row[3] for i in ids]
+
+
+def test_a_failover_logs_the_switch_and_nothing_else(start_server, caplog) -> None:
+    """Regression: every failover printed four "not a registered worker" warnings (the
+    client resent to the new primary before registering there)."""
+    primary = start_server(mode="sync", replication="async")
+    standby = start_server(mode="sync", standby_of=primary.address)
+    with caplog.at_level(logging.INFO, logger="zps.client"), \
+            zps.Client([primary.address], standbys=[standby.address]) as ps:
+        ps.init({"w": np.zeros(8, np.float32), "v": np.zeros(3, np.float32)})
+        ps.push_pull({"w": np.ones(8), "v": np.ones(3)})
+        wait_for(lambda: caught_up(primary, standby), what="the standby to catch up")
+        primary.stop()
+        after = ps.push_pull({"w": np.ones(8), "v": np.ones(3)})
+        np.testing.assert_array_equal(after["w"], 2.0)
+    said = [r.getMessage() for r in caplog.records if r.name == "zps.client"]
+    assert len(said) == 1 and "took over" in said[0], said
 
 
 def test_pushes_waiting_in_a_round_are_not_in_snapshots(start_server) -> None:
@@ -286,6 +338,20 @@ def test_checkpoint_and_restore_round_trip_exactly(start_server, tmp_path: Path)
         assert ps.stats()[0]["tables"][0]["version"] == 12
 
 
+def test_the_final_checkpoint_survives_a_periodic_writer(start_server, tmp_path: Path) -> None:
+    """Regression: the periodic writer's thread and the shutdown writer raced and deleted
+    each other's temporary file, so the final checkpoint could be lost."""
+    for attempt in range(3):
+        folder = tmp_path / str(attempt)
+        server = start_server(mode="async", checkpoint_dir=str(folder), checkpoint_every=0.001)
+        train_a_little(server.address, 30)
+        final = seq(server)
+        server.stop()
+        path = latest_checkpoint(folder)
+        assert path is not None and read_checkpoint(path).seq == final
+        assert not list(folder.glob(".ckpt-*"))  # no temporary file left behind
+
+
 def test_corrupt_checkpoint_is_refused_with_one_line(tmp_path: Path) -> None:
     server = ServerThread(zps.ServerConfig(bind="tcp://127.0.0.1:0", mode="async",
                                            checkpoint_dir=str(tmp_path)))
@@ -382,3 +448,14 @@ def test_sync_rounds_carry_on_across_a_failover(start_server) -> None:
     # Every round is the mean of both workers' pushes, each applied exactly once.
     for r in results:
         np.testing.assert_array_equal(r, 1.5 * steps)
+
+
+def test_the_standby_stream_queue_is_bounded(monkeypatch) -> None:
+    """Regression: the standby's follower queue was unbounded (defeating the high-water
+    mark); past its bound a message is dropped and marks a resync."""
+    monkeypatch.setattr(follower, "STREAM_QUEUE", 10)
+    core = zps.server.ServerCore(zps.ServerConfig(standby_of="tcp://127.0.0.1:1"), "s")
+    link = follower.Follower(core, zmq.Context.instance(), "tcp://127.0.0.1:1", "standby-s")
+    for _ in range(50):
+        link._on_stream([b"c", b"x" * 100])
+    assert len(link._stream) == 10 and link._overflowed

@@ -76,6 +76,34 @@ def kill_halfway(cluster: LocalCluster, out: Path, rounds: int) -> None:
         print(f"standby0: {line}", flush=True)
 
 
+PASSED_ON = ("--server-args", "--worker-args")  # values that are flags of other programs
+
+
+def joined_values(argv: list[str]) -> list[str]:
+    """``--worker-args --no-error-feedback`` as ``--worker-args=--no-error-feedback``:
+    argparse would take a value starting with '-' for a flag of its own."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg in PASSED_ON:
+            value = next(rest, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def server_flags(args: argparse.Namespace) -> list[str]:
+    """The flags every server of the demo gets. In async and SSP modes each push is applied
+    alone, so it is scaled by 1/workers (as the sync mean does) unless --server-args says
+    otherwise: otherwise every worker moves the model by a whole step."""
+    extra = args.server_args.split()
+    flags = ["--mode", args.mode, "--workers", str(args.workers)]
+    if not args.mode.startswith("sync") and "--lr-scale" not in extra:
+        flags += ["--lr-scale", f"{1 / args.workers:g}"]
+    return [*flags, *extra]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zps-demo", description=__doc__)
     parser.add_argument("--servers", type=int, default=2, help="server processes")
@@ -96,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failover", action="store_true",
                         help="SIGKILL the first primary halfway through training: its standby "
                              "takes over and the workers carry on")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(joined_values(sys.argv[1:] if argv is None else argv))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -108,9 +136,7 @@ def main(argv: list[str] | None = None) -> int:
           f"job {args.job}; logs in {out}/", flush=True)
     with LocalCluster(out) as cluster:
         try:
-            cluster.start_servers(args.servers, ["--mode", args.mode,
-                                                 "--workers", str(args.workers),
-                                                 *args.server_args.split()])
+            cluster.start_servers(args.servers, server_flags(args))
         except ZpsError as exc:
             print(f"zps-demo: error: {exc}", file=sys.stderr)
             return 1
@@ -121,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if not args.no_standby:
             try:
-                cluster.start_standbys(["--mode", args.mode, "--workers", str(args.workers),
-                                        *args.server_args.split()])
+                cluster.start_standbys(server_flags(args))
             except ZpsError as exc:
                 print(f"zps-demo: error: {exc}", file=sys.stderr)
                 return 1

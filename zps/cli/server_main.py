@@ -24,11 +24,12 @@ from zps.cli.options import (
 from zps.config import ServerConfig, parse_mode
 from zps.consistency.aggregate import parse_rule
 from zps.consistency.rates import RATE_RULES
-from zps.errors import ZpsError
+from zps.errors import ConfigError, ZpsError
 from zps.protocol import Limits
 from zps.runtime import run
 from zps.server import Server
 from zps.store import parse_optimizer
+from zps.transport import check_endpoint
 
 OPTIONS = (
     Option("bind", str, "tcp://127.0.0.1:5570",
@@ -91,8 +92,14 @@ def load_config(
 ) -> tuple[ServerConfig, dict[str, object]]:
     """Parse flags, environment and TOML into a frozen ``ServerConfig``."""
     values = parse("zps-server", "Run a zps parameter server.", OPTIONS, argv, environ)
-    if not str(values["bind"]).startswith(("tcp://", "ipc://", "inproc://")):
-        raise UsageError(f"--bind {values['bind']!r} must look like tcp://HOST:PORT")
+    try:
+        check_endpoint(str(values["bind"]), "--bind")
+        if values["pub_bind"]:
+            check_endpoint(str(values["pub_bind"]), "--pub-bind")
+        if values["standby_of"]:
+            check_endpoint(str(values["standby_of"]), "--standby-of")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     if values["quorum"] < 0:
         raise UsageError("--quorum must be >= 0 (0 waits for every live worker)")
     config = ServerConfig(
@@ -121,8 +128,6 @@ def load_config(
         restore=values["restore"],
         inject_pub_drops=values["inject_pub_drops"],
     )
-    if config.standby_of and not config.standby_of.startswith(("tcp://", "ipc://")):
-        raise UsageError(f"--standby-of {config.standby_of!r} must look like tcp://HOST:PORT")
     if config.standby_of and config.restore:
         raise UsageError("--standby-of and --restore exclude each other: a standby copies "
                          "its primary's state")
@@ -132,17 +137,20 @@ def load_config(
 
 
 async def serve(config: ServerConfig, ready_file: str = "") -> int:
-    """Serve until SIGTERM/SIGINT, then shut down cleanly; the exit status."""
+    """Serve until SIGTERM/SIGINT, then shut down cleanly (failing waiting requests,
+    writing the final checkpoint); the exit status."""
     loop = asyncio.get_running_loop()
+    server = Server(config)
     try:
-        server = Server(config)
         server.start()
     except zmq.ZMQError as exc:
+        await server.close()
         raise UsageError(f"cannot bind {config.bind}: {exc}") from None
-    except ZpsError as exc:  # an unusable checkpoint to restore
+    except ZpsError as exc:  # a bad address, an unusable checkpoint or checkpoint folder
+        await server.close()
         raise UsageError(str(exc)) from None
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: loop.create_task(server.close()))
+        loop.add_signal_handler(sig, server.stop)  # serve() returns; close() runs once below
     if ready_file:
         try:
             _write_atomically(ready_file, server.address)

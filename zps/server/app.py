@@ -234,7 +234,8 @@ class Server:
             self._publisher.close()
         if self._own_context:
             self._context.term()
-        log.info("zps-server %s stopped", self.server_id)
+        if self.address:  # it did start
+            log.info("zps-server %s stopped", self.server_id)
 
     def _own(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -33,6 +33,7 @@ from zps.protocol import (
     encode_request,
 )
 from zps.server.core import ServerCore
+from zps.server.replica import CHUNK_ALLOWANCE
 from zps.store import SnapshotError
 from zps.store.snapshot import assemble, parse_header
 from zps.transport import LoopSocket, open_socket
@@ -67,6 +68,7 @@ class Follower:
         self._arrived = asyncio.Event()
         self._needs_resync = False
         self._rejoin = False
+        self._chunk_bytes = CHUNK_BYTES
         self.replaced = False
         self.last_beat = time.monotonic()
         self.primary_seq = 0
@@ -182,6 +184,9 @@ class Follower:
                 raise ProtocolError("not_primary", f"{self.primary} is not a primary "
                                                    f"(it is a {reply.info.get('role')}); "
                                                    "point --standby-of at the primary")
+            limit = reply.info.get("max_message_bytes")
+            if isinstance(limit, int):  # chunks the primary accepts to send
+                self._chunk_bytes = max(1 << 16, min(CHUNK_BYTES, limit - CHUNK_ALLOWANCE))
             return reply.info
 
     # ------------------------------------------------------------ following
@@ -319,7 +324,7 @@ class Follower:
         """Fill ``arrays`` with chunk replies, a few requests in flight at a time."""
         pieces = ((i, start, min(start + step, a.size))
                   for i, a in enumerate(arrays)
-                  for step in [max(1, CHUNK_BYTES // a.itemsize)]
+                  for step in [max(1, self._chunk_bytes // a.itemsize)]
                   for start in range(0, a.size, step))
         window: deque[tuple[int, asyncio.Future[Reply], np.ndarray]] = deque()
         try:

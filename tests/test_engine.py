@@ -1,0 +1,136 @@
+"""The client engine without sockets: its sends decoded, replies fed back by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from zps.client.api import ClientBase
+from zps.client.calls import Call
+from zps.client.engine import Engine
+from zps.errors import ServerUnreachable
+from zps.protocol import Op, Reply, Request, TensorMeta, decode_reply, decode_request, encode_reply
+
+
+class Harness(ClientBase):
+    """An engine (two endpoints per shard: the server, its standby) and what it sent."""
+
+    def __init__(self, **config: Any) -> None:
+        self._engine = Engine(["tcp://p:1"], heartbeat_interval=0, **config)
+        self.now = 0.0
+        self.sent: list[tuple[int, Request]] = []
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def pump(self) -> list[tuple[int, Request]]:
+        new = [(e, decode_request(f)) for e, f in self._engine.take_sends()]
+        self.sent += new
+        return new
+
+    def answer(self, endpoint: int, request: Request, arrays: dict[str, np.ndarray] | None = None,
+               **info: Any) -> None:
+        arrays = arrays or {}
+        reply = Reply(request.request_id, tuple(TensorMeta.of(n, a) for n, a in arrays.items()),
+                      {"sid": f"s{endpoint}", "epoch": 1, **info}, None, tuple(arrays.values()))
+        self._engine.receive(endpoint, decode_reply(encode_reply(reply)), self.now)
+
+    def connect(self) -> None:
+        call = self._engine.connect(self.now)
+        for endpoint, request in self.pump():
+            role = "primary" if endpoint == 0 else "standby"
+            self.answer(endpoint, request, role=role, max_message_bytes=1 << 30)
+        assert call.done and call.error is None
+
+    def start(self, call: Call) -> Call:
+        return self._engine.start(call, self.now)
+
+
+def test_a_delta_pull_in_flight_during_a_failover_completes() -> None:
+    """Regression: the pull was resent to the new primary still naming the version the
+    client held, whose copy the failover had dropped, and raised ZpsError to the caller."""
+    h = Harness(standbys=("tcp://s:2",), pull_codec="none")
+    h.connect()
+    assert [(e, r.op) for e, r in h.pump()] == [(1, Op.WATCH)]
+    watch = h.sent[-1][1]
+    init = h.start(h._init_call({"w": np.zeros(4, np.float32)}, None))
+    (endpoint, request), = h.pump()
+    h.answer(endpoint, request, {"w": np.zeros(4, np.float32)}, versions={"w": 0})
+    assert init.done and init.error is None
+    first = h.start(h._pull_call(None))
+    (_, request), = h.pump()
+    h.answer(0, request, {"w": np.full(4, 3.0, np.float32)}, versions={"w": 3})
+    assert first.result()["w"].tolist() == [3.0] * 4
+    second = h.start(h._pull_call(None))
+    (_, asked), = h.pump()
+    assert asked.options["have"] == {"w": 3}
+    h.answer(1, watch, role="primary", epoch=2)  # the standby took over meanwhile
+    sent = {r.op: (e, r) for e, r in h.pump()}
+    assert set(sent) == {Op.HELLO, Op.WATCH}  # registers there before resending anything
+    endpoint, hello = sent[Op.HELLO]
+    assert endpoint == 1 and sent[Op.WATCH][0] == 0  # and watches the old primary
+    h.answer(1, hello, role="primary", epoch=2)
+    sent = h.pump()
+    (endpoint, resent), = [s for s in sent if s[1].op == Op.PULL]
+    assert endpoint == 1 and resent.request_id == asked.request_id
+    assert "have" not in resent.options  # the copy it held is gone: the whole table
+    h.answer(1, resent, {"w": np.full(4, 5.0, np.float32)}, versions={"w": 5}, epoch=2)
+    assert second.result()["w"].tolist() == [5.0] * 4
+
+
+def test_updates_carry_the_lowest_unfinished_request_id() -> None:
+    h = Harness(max_inflight=4)
+    h.connect()
+    h.pump()
+    init = h.start(h._init_call({f"t{i}": np.zeros(2, np.float32) for i in range(3)}, None))
+    (_, request), = h.pump()
+    h.answer(0, request, {f"t{i}": np.zeros(2, np.float32) for i in range(3)},
+             versions={f"t{i}": 0 for i in range(3)})
+    assert init.done
+    first = h.start(h._push_call(Op.PUSH, {"t0": np.ones(2)}, None, None))
+    second = h.start(h._push_call(Op.PUSH, {"t1": np.ones(2)}, None, None))
+    (_, a), (_, b) = h.pump()
+    assert a.watermark == a.request_id and b.watermark == a.request_id
+    h.answer(0, a)
+    assert first.done and not second.done
+    third = h.start(h._push_call(Op.PUSH, {"t2": np.ones(2)}, None, None))
+    (_, c), = h.pump()
+    assert c.watermark == b.request_id  # the first finished: the watermark moved on
+    h.answer(0, b)
+    h.answer(0, c)
+    assert second.done and third.done
+
+
+def test_a_request_out_of_attempts_fails_its_call_only() -> None:
+    h = Harness(timeout=1.0, retries=1)
+    h.connect()
+    stats = h.start(h._stats_call())
+    assert [r.op for _, r in h.pump()] == [Op.STATS]
+    h.now = 1.5
+    h.engine.expire(h.now)
+    assert stats.done and isinstance(stats.error, ServerUnreachable)  # stats: 1 attempt
+    pushed = h.start(h._init_call({"w": np.zeros(2, np.float32)}, None))
+    (_, first), = h.pump()
+    h.now = 3.0
+    h.engine.expire(h.now)
+    (_, again), = h.pump()
+    assert again.request_id == first.request_id  # resent with the same id
+    h.now = 4.5
+    h.engine.expire(h.now)
+    with pytest.raises(ServerUnreachable, match="after 2 tries"):
+        pushed.result()
+
+
+def test_watches_are_re_armed_every_timeout_not_piled_up() -> None:
+    h = Harness(standbys=("tcp://s:2",), timeout=1.0)
+    h.connect()
+    h.pump()
+    for step in range(1, 6):
+        h.now = float(step) + 0.01
+        h.engine.expire(h.now)
+        h.pump()
+    watches = [r for e, r in h.sent if r.op == Op.WATCH]
+    assert len(watches) == 6 and len(h.engine.failover._watches) == 1
