@@ -228,3 +228,28 @@ def test_no_module_is_over_400_lines() -> None:
     long = [f"{p.relative_to(ROOT)} ({n})" for p in (ROOT / "zps").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 420]
     assert not long
+
+
+def test_a_periodic_ack_does_not_let_go_of_the_snapshot_being_read() -> None:
+    """Regression (review): a standby resyncing while it already held the primary's change
+    number had its snapshot released by its own periodic ack, and asked again forever."""
+    h = Harness(mode="async")
+    h.send("standby-1", Op.HELLO, role="standby")
+    h.hello("a")
+    h.send("a", Op.INIT, {"w": np.zeros(8, np.float32)})
+    manifest = ok(h.send("standby-1", Op.SNAPSHOT))[0].info["snapshot"]
+    h.send("standby-1", Op.ACK, seq=manifest["seq"])  # the watchdog's ack, mid-transfer
+    chunk = {"id": manifest["id"], "a": 0, "start": 0, "stop": 8}
+    ok(h.send("standby-1", Op.SNAPSHOT_CHUNK, **chunk))
+    h.send("standby-1", Op.ACK, seq=manifest["seq"], snapshot=manifest["id"])  # installed
+    assert for_(h.send("standby-1", Op.SNAPSHOT_CHUNK, **chunk), "standby-1")[0].error
+
+
+def test_a_worker_cannot_become_the_standby() -> None:
+    """Regression (review): hello with role standby from a registered worker attached it
+    as the standby, so with durable replication every update waited for acks forever."""
+    h = Harness(mode="async")
+    h.hello("a")
+    error = for_(h.send("a", Op.HELLO, role="standby"), "a")[0].error
+    assert error is not None and "cannot change" in error[1]
+    assert h.core.replica.standby is None

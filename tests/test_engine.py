@@ -10,7 +10,7 @@ import pytest
 from zps.client.api import ClientBase
 from zps.client.calls import Call
 from zps.client.engine import Engine
-from zps.errors import ServerUnreachable
+from zps.errors import ClosedError, ServerUnreachable, ZpsError
 from zps.protocol import Op, Reply, Request, TensorMeta, decode_reply, decode_request, encode_reply
 
 
@@ -134,3 +134,65 @@ def test_watches_are_re_armed_every_timeout_not_piled_up() -> None:
         h.pump()
     watches = [r for e, r in h.sent if r.op == Op.WATCH]
     assert len(watches) == 6 and len(h.engine.failover._watches) == 1
+
+
+def test_a_cancelled_delta_pull_does_not_block_the_next_ones() -> None:
+    """Regression (review): a delta pull cancelled while it waited behind another became
+    the active one when that finished, never completed, and held every later pull."""
+    h = Harness(pull_codec="none")
+    h.connect()
+    init = h.start(h._init_call({"w": np.zeros(4, np.float32)}, None))
+    (_, request), = h.pump()
+    h.answer(0, request, {"w": np.zeros(4, np.float32)}, versions={"w": 0})
+    assert init.done
+    first = h.start(h._pull_call(None))
+    waiting = h.start(h._pull_call(None))
+    (_, asked), = h.pump()
+    h.engine.finish_call(waiting, ZpsError("cancelled"))  # as AsyncClient does on cancel
+    h.answer(0, asked, {"w": np.ones(4, np.float32)}, versions={"w": 1})
+    assert first.done and first.error is None
+    third = h.start(h._pull_call(None))
+    (_, again), = h.pump()
+    h.answer(0, again, versions={"w": 1}, delta={"w": [1, []]})
+    assert third.result()["w"].tolist() == [1.0] * 4
+
+
+def test_close_fails_delta_pulls_still_waiting_to_start() -> None:
+    h = Harness(pull_codec="none")
+    h.connect()
+    h.start(h._init_call({"w": np.zeros(2, np.float32)}, None))
+    (_, request), = h.pump()
+    h.answer(0, request, {"w": np.zeros(2, np.float32)}, versions={"w": 0})
+    calls = [h.start(h._pull_call(None)) for _ in range(3)]
+    h.pump()
+    h.engine.close()
+    assert all(c.done and isinstance(c.error, ClosedError) for c in calls)
+    assert h.pump() == []  # nothing sent after close
+
+
+def test_a_hello_answered_by_the_old_primary_after_a_switch_does_not_hang_the_shard() -> None:
+    """Regression (review): told not_registered, the client said hello to the primary; the
+    standby took over before the answer came, so no hello went to the new primary and the
+    shard's requests waited for ever."""
+    h = Harness(standbys=("tcp://s:2",), timeout=1.0, retries=1)
+    h.connect()
+    (_, watch), = h.pump()
+    h.start(h._init_call({"w": np.zeros(2, np.float32)}, None))
+    (_, init), = h.pump()
+    h.answer(0, init, {"w": np.zeros(2, np.float32)}, versions={"w": 0})
+    pushed = h.start(h._push_call(Op.PUSH, {"w": np.ones(2)}, None, None))
+    (_, push), = h.pump()
+    h.engine.receive(0, Reply(push.request_id, info={"sid": "s0", "epoch": 1},
+                              error=("not_registered", "declared dead")), h.now)
+    (_, hello_old), = h.pump()
+    assert hello_old.op == Op.HELLO
+    h.answer(1, watch, role="primary", epoch=2)  # the standby takes over meanwhile
+    sent = {r.op: (e, r) for e, r in h.pump()}
+    h.answer(0, hello_old, role="primary")  # the old primary's late answer: ignored
+    endpoint, hello_new = sent[Op.HELLO]
+    assert endpoint == 1
+    h.answer(1, hello_new, role="primary", epoch=2)
+    (endpoint, resent), = [s for s in h.pump() if s[1].op == Op.PUSH]
+    assert endpoint == 1 and resent.request_id == push.request_id
+    h.answer(1, resent, epoch=2)
+    assert pushed.done and pushed.error is None

@@ -120,3 +120,19 @@ def test_finished_readers_are_forgotten() -> None:
     for _ in range(100):
         table.pin(FakeSend(done=True))
     assert len(table._pins) == 1
+
+
+def test_overlapping_frozen_snapshots_each_keep_the_optimizer_state() -> None:
+    """Regression (review): the optimizer state had one reader slot, so when a later
+    snapshot (a standby's transfer) ended before an earlier one (a checkpoint), the next
+    step changed the moments the earlier one was still reading."""
+    store = Store()
+    store.create("m", np.zeros(3), make_optimizer({"name": "adam", "lr": 0.1}))
+    store.apply("m", np.ones(3))
+    first, second = FakeSend(done=False), FakeSend(done=False)
+    frozen = freeze_snapshot(store, 1, {}, first)
+    expected = take_snapshot(store, 1, {})
+    freeze_snapshot(store, 1, {}, second)
+    second.done = True
+    store.apply("m", np.ones(3))
+    assert frozen == expected

@@ -176,6 +176,8 @@ class AsyncClient(ClientBase):
             await future
         except asyncio.CancelledError:
             self._engine.finish_call(call, ClosedError("the call was cancelled"))
+            if not self._closed:
+                self._flush()  # what waited behind it goes out now
             raise
         return call.result()
 

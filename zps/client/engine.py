@@ -137,10 +137,11 @@ class Engine:
         return sends
 
     def close(self) -> None:
-        """Refuse new calls and fail those still running."""
+        """Refuse new calls and fail those still running (or waiting to start)."""
         self.closed = True
-        for pending in list(self._inflight.values()) + list(self._queue):
-            self._complete(pending.call, ClosedError("the client was closed"))
+        waiting, self._delta_waiting = list(self._delta_waiting), deque()
+        for call in [*waiting, *(p.call for p in [*self._inflight.values(), *self._queue])]:
+            self._complete(call, ClosedError("the client was closed"))
 
     # ------------------------------------------------------------ connecting
 
@@ -159,8 +160,13 @@ class Engine:
         self._connecting = None
 
     def finish_call(self, call: Call, error: BaseException | None = None) -> None:
-        """Complete ``call`` (for the parts of the engine that run calls of their own)."""
+        """Complete ``call`` (for the parts of the engine that run calls of their own, and
+        a shell abandoning a cancelled call); what it held back may be sent now."""
+        if call in self._delta_waiting:
+            self._delta_waiting.remove(call)
         self._complete(call, error)
+        if self._queue:
+            self._pump(self._now)
 
     def connected(self, now: float) -> None:
         """Every shard has its primary: watch the standbys for a takeover."""
@@ -399,7 +405,10 @@ class Engine:
                 self._queue = deque(p for p in self._queue if p.call is not call)
         if call is self._delta_call:
             self._delta_call = None
-            if self._delta_waiting:
-                self._begin(self._delta_waiting.popleft(), self._now)
+            while self._delta_waiting and not self.closed:
+                following = self._delta_waiting.popleft()
+                if not following.done:  # (a cancelled one is skipped)
+                    self._begin(following, self._now)
+                    break
         if call.callback is not None:
             call.callback(call)

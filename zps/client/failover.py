@@ -105,7 +105,7 @@ class Failover:
     def _on_hello(self, hello: _Hello, endpoint: int, reply: Reply, now: float) -> None:
         engine, shard = self.engine, hello.shard
         if endpoint != 2 * shard + engine.active[shard]:
-            return
+            return  # from a server this shard has left (its hello was replaced at the switch)
         self._registering.discard(shard)
         held = [p for p in engine.in_flight(shard) if p.state == REGISTERING]
         if reply.error is not None:
@@ -133,6 +133,9 @@ class Failover:
             engine.held.clear()  # delta pulls start again from whole tables
         for pending in engine.in_flight(shard):
             pending.state, pending.whole = REGISTERING, True
+        for rid in [r for r, h in self._hellos.items() if h.shard == shard]:
+            del self._hellos[rid]  # a hello to the old primary: its answer no longer counts
+        self._registering.discard(shard)
         self.register(shard, now)  # the new primary does not know this client yet
         self.watch(shard, now)  # the old primary may come back as the new standby
 

@@ -164,9 +164,12 @@ class Follower:
     async def _call(self, op: Op, options: dict[str, Any], timeout: float) -> Reply:
         return await self._finish(*self._start(op, options), timeout)
 
-    def _ack(self) -> None:
+    def _ack(self, installed: int | None = None) -> None:
         if self._dealer is not None:
-            self._send(Op.ACK, {"seq": self.core.store.seq})
+            options: dict[str, Any] = {"seq": self.core.store.seq}
+            if installed is not None:
+                options["snapshot"] = installed  # the primary may let its buffers go
+            self._send(Op.ACK, options)
 
     async def _hello(self) -> dict[str, Any]:
         """Register with the primary as its standby; retried until it answers (or give
@@ -316,6 +319,7 @@ class Follower:
                                                                    strict=True)],
                             writable=True)
         self.core.install_snapshot(snapshot, adopt=True)
+        self._ack(installed=ident)
         self.resyncs += 1
         log.info("standby holds a snapshot at change %d (epoch %d, %d tables)",
                  snapshot.seq, snapshot.epoch, len(snapshot.tables))

@@ -61,17 +61,17 @@ class Handlers:
         cid = request.client_id
         if state.role == "standby":  # says what it is; registers nobody until it takes over
             return self.core.reply(call, self.core.hello_info(cid))
-        if role == "standby":
-            self.core.replica.attach(cid, call.now)
-            return self.core.reply(call, self.core.hello_info())
-        if role == "worker":  # an observer may look at any subset of the servers
-            self._check_layout(request.options.get("layout"))
         known = state.members.get(cid)
         if known is not None and known.role != role:
             raise ProtocolError(
                 "bad_header",
                 f"client {cid} is registered as {known.role}; a role cannot change, connect "
                 "with another client id")
+        if role == "standby":
+            self.core.replica.attach(cid, call.now)
+            return self.core.reply(call, self.core.hello_info())
+        if role == "worker":  # an observer may look at any subset of the servers
+            self._check_layout(request.options.get("layout"))
         _, new = state.members.add(cid, role, call.now)
         if role == "worker":
             self.core.rounds.bsp.join(cid)
@@ -207,7 +207,9 @@ class Handlers:
         return Outgoing(call.peer, reply, leases)
 
     def ack(self, call: Call) -> Outgoing:
-        self.core.replica.ack(call.request.client_id, call.request.options.get("seq"))
+        options = call.request.options
+        self.core.replica.ack(call.request.client_id, options.get("seq"),
+                              options.get("snapshot"))
         return self.core.reply(call)
 
     def watch(self, call: Call) -> Deferred:

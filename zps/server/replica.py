@@ -146,14 +146,16 @@ class Replica:
                       self.state.info(), None, (piece,))
         return reply, (Lease(0, transfer.hold),)
 
-    def ack(self, client: str, seq: Any) -> None:
-        """The standby holds every change up to ``seq``."""
+    def ack(self, client: str, seq: Any, installed: Any = None) -> None:
+        """The standby holds every change up to ``seq`` (and, with ``installed``, has
+        installed that snapshot: its buffers may change again). A periodic ack does not let
+        a snapshot go: the standby may be reading it while already holding its seq."""
         self.require_standby(client)
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ProtocolError("bad_header", "option 'seq' must be an int >= 0")
         self.acked = min(seq, self.state.store.seq)  # after a fresh snapshot it may go back
-        if self._transfer is not None and seq >= self._transfer.seq:
-            self._let_go()  # installed: its buffers may change again
+        if self._transfer is not None and installed == self._transfer.id:
+            self._let_go()
         self.state.waiters.wake(ACKED)
 
     def tick(self, now: float) -> None:

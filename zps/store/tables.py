@@ -67,7 +67,7 @@ class DenseTable:
         self.swaps = 0  # updates written to another buffer because a reader held this one
         self._pins: list[Reader] = []
         self._spares: list[tuple[np.ndarray, list[Reader]]] = []
-        self._frozen_state: Reader | None = None  # optimizer state a snapshot still reads
+        self._frozen_state: list[Reader] = []  # readers of the optimizer state (snapshots)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -99,8 +99,9 @@ class DenseTable:
 
     def freeze_state(self, reader: Reader) -> None:
         """Keep the optimizer's state arrays unchanged until ``reader.done`` (the next step
-        then writes into copies)."""
-        self._frozen_state = reader
+        then writes into copies). Several snapshots may hold it at once."""
+        self._frozen_state = [r for r in self._frozen_state if not r.done]
+        self._frozen_state.append(reader)
 
     def apply(self, update: Update, scale: float) -> tuple[Update, float]:
         if self.optimizer is not None:
@@ -130,8 +131,10 @@ class DenseTable:
         return np.empty_like(self.data)
 
     def _thaw_state(self) -> None:
-        frozen, self._frozen_state = self._frozen_state, None
-        if frozen is not None and not frozen.done and self.optimizer is not None:
+        """Before a step writes the state in place: copy it if any snapshot still reads it
+        (the snapshots keep the old arrays, the copies are this table's from now on)."""
+        frozen, self._frozen_state = self._frozen_state, []
+        if any(not r.done for r in frozen) and self.optimizer is not None:
             self.optimizer.state = {k: v.copy() for k, v in self.optimizer.state.items()}
 
 
