@@ -25,6 +25,7 @@ Arrays = dict[str, np.ndarray]
 
 # Room left for the msgpack header when checking a message against the server's size limit.
 HEADER_ALLOWANCE = 64 * 1024
+GROUP_CACHE = 256  # sets of table names whose message grouping is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class Planner:
         self.servers = servers
         self.layout: Layout | None = None
         self.limits: list[int | None] = [None] * servers  # each server's max message size
+        self._group_cache: dict[tuple[str, ...], tuple[Layout, list[Any]]] = {}
         try:
             self.codec = make_codec(config.codec)
             self.pull_codec = (make_codec(config.pull_codec)
@@ -121,17 +123,33 @@ class Planner:
         """One message per server and chunk: parts batched up to ``chunk_bytes``."""
         messages = []
         first_to: set[int] = set()
-        for group in self._group(list(layout.parts_of(list(names)))):
-            extra = dict(options or {})
+        for group, metas in self._groups(layout, names):
+            extra = dict(options) if options else {}
             if group[0].server in first_to:
                 extra.pop("loss", None)  # one loss report per server and push
             first_to.add(group[0].server)
-            messages.append(_message(op, group, arrays, extra))
+            messages.append(_message(op, group, arrays, extra, metas))
         if op in (Op.PUSH, Op.PUSH_PULL) and self.codec.name != "none":
             messages = [self._compress(m) for m in messages]
         for message in messages:
             self._check_size(message)
         return messages
+
+    def _groups(self, layout: Layout, names: Sequence[str]) -> list[tuple[tuple[Part, ...],
+                                                                          tuple[TensorMeta, ...]]]:
+        """The parts of ``names`` grouped into messages, with each part's tensor header:
+        fixed by the layout, so worked out once per set of names (a training loop pushes
+        the same tables every step)."""
+        key = tuple(names)
+        cached = self._group_cache.get(key)
+        if cached is not None and cached[0] is layout:
+            return cached[1]
+        if len(self._group_cache) >= GROUP_CACHE:
+            self._group_cache.clear()
+        groups = [(tuple(group), tuple(_part_meta(layout, p) for p in group))
+                  for group in self._group(list(layout.parts_of(list(names))))]
+        self._group_cache[key] = (layout, groups)
+        return groups
 
     def _compress(self, message: Message) -> Message:
         """The same message with each part encoded by the push codec."""
@@ -222,12 +240,18 @@ def _known(layout: Layout, name: str) -> str:
     return name
 
 
-def _message(op: Op, parts: list[Part], arrays: Mapping[str, np.ndarray] | None,
-             options: dict[str, Any]) -> Message:
+def _message(op: Op, parts: tuple[Part, ...], arrays: Mapping[str, np.ndarray] | None,
+             options: dict[str, Any], metas: tuple[TensorMeta, ...]) -> Message:
     if arrays is None:
-        return Message(parts[0].server, op, tuple(parts), names=tuple(p.key for p in parts),
+        return Message(parts[0].server, op, parts, names=tuple(p.key for p in parts),
                        options=options)
-    pieces = [arrays[p.table] if p.whole else arrays[p.table][p.start:p.stop] for p in parts]
-    return Message(parts[0].server, op, tuple(parts),
-                   tuple(TensorMeta.of(p.key, a) for p, a in zip(parts, pieces, strict=True)),
-                   tuple(pieces), options=options)
+    pieces = tuple(arrays[p.table] if p.whole else arrays[p.table][p.start:p.stop]
+                   for p in parts)
+    return Message(parts[0].server, op, parts, metas, pieces, options=options)
+
+
+def _part_meta(layout: Layout, part: Part) -> TensorMeta:
+    """The header of ``part``'s array (its dtype and row range of the table's shape)."""
+    spec = layout.specs[part.table]
+    shape = spec.shape if part.whole else (part.stop - part.start, *spec.shape[1:])
+    return TensorMeta(part.key, spec.dtype.name, shape, part.nbytes)
