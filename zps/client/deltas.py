@@ -34,13 +34,9 @@ class HeldCopies:
         self._pulls = 0
         self._held: dict[str, tuple[int, np.ndarray]] = {}
 
-    def clear(self, server: int | None = None, parts: Any = None) -> None:
-        """Forget the copies (all, or those of ``parts``): the next pull fetches them whole."""
-        if parts is None:
-            self._held.clear()
-            return
-        for part in parts:
-            self._held.pop(part.key, None)
+    def clear(self) -> None:
+        """Forget every copy (a failover): the next pull fetches whole tables."""
+        self._held.clear()
 
     def next_pull(self) -> bool:
         """Count a pull; True when this one should refresh whole (lossy codecs only)."""
