@@ -34,3 +34,12 @@ class BadOptimizer(StoreError, ValueError):
 class RequestWindowError(StoreError, ValueError):
     """A request id too far above its client's watermark (more unfinished requests than
     the server keeps track of)."""
+
+
+class BadRowSpec(StoreError, ValueError):
+    """Row table settings (dim, dtype, init, optimizer, admission, eviction) that are
+    malformed or out of range."""
+
+
+class BadIds(StoreError, ValueError):
+    """Row ids or row updates that do not fit their table (dtype, shape, count)."""
