@@ -119,6 +119,30 @@ class ClientBase:
         return Call(Op.STATS, messages, attempts=1, finish=lambda call: [
             dict(info, address=engine.address(i)) for i, info in enumerate(call.infos())])
 
+    # ------------------------------------------------------------ row tables
+
+    def _init_rows_call(self, name: str, dim: int, dtype: str, init: str,
+                        optimizer: Mapping[str, Any] | None, admit_after: int,
+                        evict_after: float | None, max_rows: int | None) -> Call:
+        return self._engine.rows.init(name, {
+            "dim": dim, "dtype": dtype, "init": init,
+            "optimizer": dict(optimizer) if optimizer else None, "admit_after": admit_after,
+            "evict_after": evict_after, "max_rows": max_rows})
+
+    def _knows_rows(self, name: str) -> bool:
+        """Whether the client has ``name``'s row settings (else it asks, ``_tables_call``)."""
+        return name in self._engine.rows.specs
+
+    def _tables_call(self) -> Call:
+        """``tables`` from the first server: every table's kind and shape, row settings."""
+        engine = self._engine
+
+        def finish(call: Call) -> list[dict[str, Any]]:
+            tables = call.infos()[0].get("tables", [])
+            engine.rows.learn(tables)
+            return list(tables)
+        return Call(Op.TABLES, [Message(0, Op.TABLES, ())], finish=finish)
+
     def _bye_call(self) -> Call:
         messages = [Message(i, Op.BYE, ()) for i in range(len(self._engine.servers))]
         return Call(Op.BYE, messages, timeout=BYE_TIMEOUT, attempts=1,

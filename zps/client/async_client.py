@@ -18,6 +18,7 @@ import zmq
 from zps.client.api import ClientBase
 from zps.client.calls import Call
 from zps.client.engine import Engine
+from zps.client.plans import push_options
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ZpsError
@@ -145,6 +146,53 @@ class AsyncClient(ClientBase):
         """Push deltas and return the named tables' values after they were applied."""
         return await self._call(  # type: ignore[no-any-return]
             self._push_call(Op.PUSH_PULL, deltas, loss, weight))
+
+    async def init_rows(self, name: str, dim: int, dtype: str = "float32",
+                        init: str = "normal:0.01", optimizer: Mapping[str, Any] | None = None,
+                        admit_after: int = 1, evict_after: float | None = None,
+                        max_rows: int | None = None) -> None:
+        """Create row table ``name`` on every server (idempotent, like ``init``): rows of
+        ``dim`` values keyed by int64 ids, read as their initial value (``zeros``,
+        ``normal:STD``, ``uniform:A``, a deterministic function of table and id) until
+        stored. ``optimizer`` (``sgd``, ``adagrad``, ``adam``, ``ftrl`` with ``lr`` and
+        their settings) makes pushes gradients; ``admit_after`` stores a row on its K-th
+        push; ``evict_after`` seconds and ``max_rows`` bound the rows kept. Raises
+        ``ShapeMismatchError`` if the table exists with other settings, ``ConfigError`` for
+        bad settings."""
+        await self._call(self._init_rows_call(name, dim, dtype, init, optimizer, admit_after,
+                                              evict_after, max_rows))
+
+    async def pull_rows(self, name: str, ids: Any) -> np.ndarray:
+        """The rows of ``ids`` (int64, any shape): an array of ``ids.shape + (dim,)``. Rows
+        never pushed read as their initial value; a pull creates no row."""
+        await self._learn_rows(name)
+        return await self._call(self._engine.rows.pull(name, ids))  # type: ignore[no-any-return]
+
+    async def push_rows(self, name: str, ids: Any, updates: Any, *, loss: float | None = None,
+                        weight: float | None = None) -> None:
+        """Add ``updates`` (``ids.shape + (dim,)``; gradients with a row optimizer) to the
+        rows of ``ids``; the updates of repeated ids are summed first."""
+        await self._learn_rows(name)
+        await self._call(self._engine.rows.push(name, ids, updates, None,
+                                                push_options(loss, weight), pull=False))
+
+    async def push_pull_rows(self, name: str, ids: Any, updates: Any,
+                             pull_ids: Any | None = None, *, loss: float | None = None,
+                             weight: float | None = None) -> np.ndarray:
+        """Push row updates and pull the rows of ``pull_ids`` (by default ``ids``) after
+        them, in one round trip."""
+        await self._learn_rows(name)
+        return await self._call(self._engine.rows.push(  # type: ignore[no-any-return]
+            name, ids, updates, pull_ids, push_options(loss, weight), pull=True))
+
+    async def tables(self) -> list[dict[str, Any]]:
+        """The tables the servers hold: name, kind, dtype, shape, version (row tables:
+        their settings, rows, bytes)."""
+        return await self._call(self._tables_call())  # type: ignore[no-any-return]
+
+    async def _learn_rows(self, name: str) -> None:
+        if not self._knows_rows(name):
+            await self.tables()
 
     async def stats(self) -> list[dict[str, Any]]:
         """Each server's ``stats``: mode, sequence number, tables, members and counters."""

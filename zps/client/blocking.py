@@ -22,6 +22,7 @@ import zmq
 from zps.client.api import ClientBase
 from zps.client.calls import Call
 from zps.client.engine import Engine
+from zps.client.plans import push_options
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
 from zps.errors import ClosedError, ZpsError
@@ -99,6 +100,41 @@ class Client(ClientBase):
         """See ``AsyncClient.push_pull``."""
         return self._call(  # type: ignore[no-any-return]
             self._push_call(Op.PUSH_PULL, deltas, loss, weight))
+
+    def init_rows(self, name: str, dim: int, dtype: str = "float32", init: str = "normal:0.01",
+                  optimizer: Mapping[str, Any] | None = None, admit_after: int = 1,
+                  evict_after: float | None = None, max_rows: int | None = None) -> None:
+        """See ``AsyncClient.init_rows``."""
+        self._call(self._init_rows_call(name, dim, dtype, init, optimizer, admit_after,
+                                        evict_after, max_rows))
+
+    def pull_rows(self, name: str, ids: Any) -> np.ndarray:
+        """See ``AsyncClient.pull_rows``."""
+        self._learn_rows(name)
+        return self._call(self._engine.rows.pull(name, ids))  # type: ignore[no-any-return]
+
+    def push_rows(self, name: str, ids: Any, updates: Any, *, loss: float | None = None,
+                  weight: float | None = None) -> None:
+        """See ``AsyncClient.push_rows``."""
+        self._learn_rows(name)
+        self._call(self._engine.rows.push(name, ids, updates, None,
+                                          push_options(loss, weight), pull=False))
+
+    def push_pull_rows(self, name: str, ids: Any, updates: Any, pull_ids: Any | None = None,
+                       *, loss: float | None = None,
+                       weight: float | None = None) -> np.ndarray:
+        """See ``AsyncClient.push_pull_rows``."""
+        self._learn_rows(name)
+        return self._call(self._engine.rows.push(  # type: ignore[no-any-return]
+            name, ids, updates, pull_ids, push_options(loss, weight), pull=True))
+
+    def tables(self) -> list[dict[str, Any]]:
+        """See ``AsyncClient.tables``."""
+        return self._call(self._tables_call())  # type: ignore[no-any-return]
+
+    def _learn_rows(self, name: str) -> None:
+        if not self._knows_rows(name):
+            self.tables()
 
     def stats(self) -> list[dict[str, Any]]:
         """See ``AsyncClient.stats``."""

@@ -37,6 +37,7 @@ from zps.client.connect import Connecting
 from zps.client.deltas import HeldCopies, StaleBase
 from zps.client.failover import Failover
 from zps.client.plans import Planner, place, server_list
+from zps.client.rowcalls import RowCalls
 from zps.config import ClientConfig
 from zps.errors import (
     ClosedError,
@@ -77,6 +78,7 @@ class Engine:
         self.server_ids: list[str | None] = [None] * shards
         self.hello: list[dict[str, Any]] = [{} for _ in range(shards)]
         self.planner = Planner(self.config, shards)
+        self.rows = RowCalls(shards, self.config.chunk_bytes)
         pull = self.planner.pull_codec
         self.held = HeldCopies(pull, self.config) if pull is not None else None
         self.closed = False

@@ -22,7 +22,8 @@ from zps.protocol.messages import DTYPES, PART_DTYPES, PROTOCOL_VERSION, Encoded
 MAX_ID = 2**63 - 1
 MAX_DIM = 2**40  # far above any real table, far below overflow in a product of 8 of them
 MAX_PARTS = 8  # buffers of one compressed tensor
-_ITEMSIZE: dict[str, int] = {name: np.dtype(name).itemsize for name in PART_DTYPES}
+_ITEMSIZE: dict[str, int] = {name: np.dtype(name).itemsize
+                             for name in (*PART_DTYPES, "int64", "uint32")}
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,9 +32,14 @@ from zps.protocol.fields import (
     unpack_header,
 )
 from zps.protocol.messages import (
+    DTYPES,
+    ID_DTYPE,
     NAME_OPS,
-    PART_DTYPES,
     PROTOCOL_VERSION,
+    REPLY_DTYPES,
+    ROW_FRAMES,
+    ROW_OPS,
+    ROW_TENSOR_DTYPES,
     TENSOR_OPS,
     Op,
     Reply,
@@ -123,7 +128,7 @@ def _build_request(header: dict[Any, Any], buffers: Sequence[Any], limits: Limit
     if watermark is not None and (request_id_of(watermark) is None or watermark > request_id):
         raise DecodeError("bad_header", "watermark 'w' must be an integer in [0, r]: the "
                                         "client's lowest unfinished request id")
-    tensors = tensor_list(header, limits)
+    tensors = tensor_list(header, limits, ROW_TENSOR_DTYPES if op in ROW_OPS else DTYPES)
     names = _field_names(header, limits)
     encoded = encoded_list(header, limits)
     options = header.get("o", {})
@@ -134,7 +139,10 @@ def _build_request(header: dict[Any, Any], buffers: Sequence[Any], limits: Limit
     all_names = [m.name for m in tensors] + [m.name for m in encoded]
     if len(set(all_names)) != len(all_names):
         raise DecodeError("bad_header", "a table name appears twice in one message")
-    _check_op_shape(op, bool(tensors or encoded), bool(names))
+    if op in ROW_OPS:
+        _check_row_frames(op, tensors, names)
+    else:
+        _check_op_shape(op, bool(tensors or encoded), bool(names))
     check_frames(frame_sizes(tensors, encoded), buffers)
     return Request(op, client_id, request_id, tensors, names, options, tuple(buffers), encoded,
                    watermark)
@@ -157,6 +165,23 @@ def _field_names(header: dict[Any, Any], limits: Limits) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise DecodeError("bad_header", "a table name appears twice in one message")
     return names
+
+
+def _check_row_frames(op: Op, tensors: tuple[TensorMeta, ...], names: tuple[str, ...]) -> None:
+    """A row op names one table and carries exactly the frames of its op: ``ids`` and
+    ``pull`` 1-D int64, ``updates`` 2-D float with a row per id."""
+    wanted = ROW_FRAMES[op]
+    if len(names) != 1 or tuple(m.name for m in tensors) != wanted:
+        raise DecodeError("bad_header", f"{op} names one table in 'n' and carries the frames "
+                                        f"{list(wanted)} in this order")
+    for meta in tensors:
+        ids = meta.name != "updates"
+        if ids and (meta.dtype != ID_DTYPE or len(meta.shape) != 1):
+            raise DecodeError("bad_dtype", f"{op} {meta.name} must be a 1-D int64 array")
+        if not ids and (meta.dtype == ID_DTYPE or len(meta.shape) != 2
+                        or meta.shape[0] != tensors[0].shape[0]):
+            raise DecodeError("bad_shape", f"{op} updates must be a float array of one row "
+                                           "per id")
 
 
 def _check_op_shape(op: Op, has_tensors: bool, has_names: bool) -> None:
@@ -190,7 +215,7 @@ def decode_reply_header(frame: Any, limits: Limits = DEFAULT_LIMITS) -> Reply:
     if request_id is not None and not is_int(request_id):
         raise ProtocolError("bad_header", "reply request id 'r' must be an integer or nil")
     error = header.get("e")
-    tensors: tuple[TensorMeta, ...] = tensor_list(header, limits, PART_DTYPES)
+    tensors: tuple[TensorMeta, ...] = tensor_list(header, limits, REPLY_DTYPES)
     encoded = encoded_list(header, limits)
     info = header.get("i", {})
     if not isinstance(info, dict):

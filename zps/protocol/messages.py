@@ -22,9 +22,14 @@ DTYPES: frozenset[str] = frozenset({"float32", "float64"})
 # Element types a compressed tensor's buffers may have (the codecs' parts), and that a
 # reply's frames may have (snapshot chunks carry their header as uint8).
 PART_DTYPES: frozenset[str] = frozenset({"int8", "uint8", "int32", "float16", *DTYPES})
+ID_DTYPE = "int64"  # row ids
+ROW_TENSOR_DTYPES: frozenset[str] = frozenset({ID_DTYPE, *DTYPES})
+# What a reply's frames may hold: the above, and a snapshot's row metadata.
+REPLY_DTYPES: frozenset[str] = frozenset({*PART_DTYPES, ID_DTYPE, "uint32"})
 
 # ``dtype.name`` is computed on every access; the hot path looks names up here instead.
-_DTYPE_NAMES: dict[np.dtype, str] = {np.dtype(name): name for name in PART_DTYPES}
+_DTYPE_NAMES: dict[np.dtype, str] = {np.dtype(name): name
+                                     for name in (*PART_DTYPES, "int64", "uint32")}
 
 
 class Op(enum.StrEnum):
@@ -39,6 +44,12 @@ class Op(enum.StrEnum):
     STATS = "stats"
     BYE = "bye"
     # Replication and failover.
+    TABLES = "tables"  # what tables a server holds (kinds, shapes, row table settings)
+    # Row tables: rows of int64 ids (one table per message; frames "ids", "updates", "pull").
+    INIT_ROWS = "init_rows"
+    PULL_ROWS = "pull_rows"
+    PUSH_ROWS = "push_rows"
+    PUSH_PULL_ROWS = "push_pull_rows"
     SNAPSHOT = "snapshot"  # a standby asks for a consistent copy: the manifest and header
     SNAPSHOT_CHUNK = "snapshot_chunk"  # then reads its arrays a bounded piece at a time
     ACK = "ack"  # a standby tells its primary the sequence number it holds
@@ -48,8 +59,15 @@ class Op(enum.StrEnum):
 # Ops whose message carries tensors, and ops that carry names only.
 TENSOR_OPS: frozenset[Op] = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL})
 NAME_OPS: frozenset[Op] = frozenset({Op.PULL})
+# Ops on row tables: one table name, and the frames their op names.
+ROW_OPS: frozenset[Op] = frozenset({Op.INIT_ROWS, Op.PULL_ROWS, Op.PUSH_ROWS,
+                                    Op.PUSH_PULL_ROWS})
+ROW_FRAMES: dict[Op, tuple[str, ...]] = {
+    Op.INIT_ROWS: (), Op.PULL_ROWS: ("ids",), Op.PUSH_ROWS: ("ids", "updates"),
+    Op.PUSH_PULL_ROWS: ("ids", "updates", "pull")}
 # Ops that change state: they carry the client's watermark and are deduplicated.
-UPDATE_OPS: frozenset[Op] = frozenset({Op.PUSH, Op.PUSH_PULL})
+UPDATE_OPS: frozenset[Op] = frozenset({Op.PUSH, Op.PUSH_PULL, Op.PUSH_ROWS,
+                                       Op.PUSH_PULL_ROWS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +166,9 @@ ClientRequest = tuple[str, int, int]  # (client id, request id, that client's wa
 class Replicated:
     """One numbered change on the replication stream: a table created (``kind`` "create",
     its initial value) or an update applied ("apply": what the primary's ``Store.apply``
-    was given, dense or compressed, and its scale), with the requests it carries so a
+    was given, dense or compressed, and its scale); for row tables "create_rows" (the
+    settings in ``meta``), "rows" (ids and updates, ``meta["now"]`` the push's time) and
+    "evict" (ids); with the requests it carries so a
     standby's request identity follows the primary's. ``meta`` holds the table's
     optimizer settings (create) and the cluster layout when the primary knows it."""
 
@@ -163,10 +183,16 @@ class Replicated:
     tensor: TensorMeta | None
     encoded: EncodedMeta | None
     buffers: tuple[Any, ...]
+    row_tensors: tuple[TensorMeta, ...] = ()  # a row change's frames: ids (and updates)
 
     def dense(self) -> np.ndarray | None:
         """The dense update (or initial value) as a view on its frame, if it is dense."""
         return as_array(self.tensor, self.buffers[0]) if self.tensor is not None else None
+
+    def row_arrays(self) -> dict[str, np.ndarray]:
+        """A row change's frames (``ids``, ``updates``) as views."""
+        return {m.name: as_array(m, b)
+                for m, b in zip(self.row_tensors, self.buffers, strict=True)}
 
     def parts(self) -> tuple[np.ndarray, ...]:
         """The compressed update's parts as views on their frames."""

@@ -36,6 +36,7 @@ from zps.protocol.fields import (
 )
 from zps.protocol.messages import (
     PROTOCOL_VERSION,
+    ROW_TENSOR_DTYPES,
     Beat,
     ClientRequest,
     EncodedMeta,
@@ -45,7 +46,11 @@ from zps.protocol.messages import (
 
 CHANGE = b"c"
 BEAT = b"h"
-KINDS = ("apply", "create")
+KINDS = ("apply", "create", "create_rows", "rows", "evict")
+# What each kind of change carries: its frames' names (dense changes: one tensor named
+# after the table, dense or compressed).
+ROW_KINDS: dict[str, tuple[str, ...]] = {"create_rows": (), "rows": ("ids", "updates"),
+                                         "evict": ("ids",)}
 
 
 def encode_change(change: Replicated) -> list[Any]:
@@ -59,6 +64,8 @@ def encode_change(change: Replicated) -> list[Any]:
         header["m"] = change.meta
     if change.tensor is not None:
         header["t"] = [meta_to_wire(change.tensor)]
+    elif change.row_tensors:
+        header["t"] = [meta_to_wire(m) for m in change.row_tensors]
     if change.encoded is not None:
         header["z"] = encoded_to_wire([change.encoded])
     return [CHANGE, msgpack.packb(header), *change.buffers]
@@ -102,18 +109,29 @@ def _change(header: dict[Any, Any], seq: int, epoch: int, buffers: Sequence[Any]
     meta = header.get("m", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
         raise DecodeError("bad_header", "change meta 'm' must be a map with string keys")
-    tensors = tensor_list(header, limits)
-    encoded = encoded_list(header, limits)
-    if len(tensors) + len(encoded) != 1 or (kind == "create" and encoded):
-        raise DecodeError("bad_header", "a change carries one update, dense or compressed "
-                                        "(a created table: its dense initial value)")
-    if any(m.name != table for m in tensors) or any(m.name != table for m in encoded):
-        raise DecodeError("bad_header", "a change's update must be named after its table")
+    if kind in ROW_KINDS:
+        tensors = tensor_list(header, limits, ROW_TENSOR_DTYPES)
+        encoded: tuple[EncodedMeta, ...] = ()
+        if tuple(m.name for m in tensors) != ROW_KINDS[kind] or any(
+                (m.name == "ids") != (m.dtype == "int64") for m in tensors) or (
+                len(tensors) == 2 and (len(tensors[1].shape) != 2
+                                       or tensors[1].shape[0] != tensors[0].shape[0])):
+            raise DecodeError("bad_header", f"a {kind} change carries the frames "
+                                            f"{list(ROW_KINDS[kind])}, ids int64")
+    else:
+        tensors = tensor_list(header, limits)
+        encoded = encoded_list(header, limits)
+        if len(tensors) + len(encoded) != 1 or (kind == "create" and encoded):
+            raise DecodeError("bad_header", "a change carries one update, dense or "
+                                            "compressed (a created table: its initial value)")
+        if any(m.name != table for m in tensors) or any(m.name != table for m in encoded):
+            raise DecodeError("bad_header", "a change's update must be named after its table")
     check_frames(frame_sizes(tensors, encoded), buffers)
-    tensor: TensorMeta | None = tensors[0] if tensors else None
+    tensor: TensorMeta | None = tensors[0] if tensors and kind not in ROW_KINDS else None
     packed: EncodedMeta | None = encoded[0] if encoded else None
     return Replicated(seq, epoch, table, version, kind, float(scale),
-                      _requests(header.get("q"), limits), meta, tensor, packed, tuple(buffers))
+                      _requests(header.get("q"), limits), meta, tensor, packed, tuple(buffers),
+                      tensors if kind in ROW_KINDS else ())
 
 
 def _requests(raw: Any, limits: Limits) -> tuple[ClientRequest, ...]:

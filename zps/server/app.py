@@ -145,9 +145,12 @@ class Server:
 
     def _change_meta(self, change: Change) -> dict[str, Any]:
         state = self.core.state
-        if change.kind != "create":
+        if change.kind == "create_rows":
+            meta: dict[str, Any] = dict(change.meta or {})
+        elif change.kind == "create":
+            meta = {"optimizer": change.optimizer}
+        else:
             return {}
-        meta: dict[str, Any] = {"optimizer": change.optimizer}
         if state.layout is not None:
             meta["layout"] = [*state.layout, state.shard]
         return meta

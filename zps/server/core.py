@@ -28,7 +28,9 @@ from zps.server.state import ServerState
 from zps.server.stats import stats_info
 from zps.server.waiters import ACKED, Condition, Deferred
 from zps.store import (
+    BadIds,
     BadOptimizer,
+    BadRowSpec,
     RequestWindowError,
     Snapshot,
     TableConflict,
@@ -38,13 +40,15 @@ from zps.store import (
 
 log = logging.getLogger("zps.server")
 
-STANDBY_OPS = frozenset({Op.HELLO, Op.STATS, Op.HEARTBEAT, Op.BYE, Op.WATCH})
+STANDBY_OPS = frozenset({Op.HELLO, Op.STATS, Op.HEARTBEAT, Op.BYE, Op.WATCH, Op.TABLES})
 # Domain errors of the store and codecs, as wire codes.
 ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
     (UnknownTable, "unknown_table"),
     (TableConflict, "conflict"),
     (TableMismatch, "shape_mismatch"),
     (BadOptimizer, "bad_header"),
+    (BadRowSpec, "bad_header"),
+    (BadIds, "bad_shape"),
     (RequestWindowError, "bad_header"),
 )
 DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(cls for cls, _ in ERROR_CODES)
@@ -137,7 +141,18 @@ class ServerCore:
         self._reap(now)
         self.rounds.tick(now)
         self.replica.tick(now)
+        if self.state.role == "primary":
+            self._evict_stale()
         return self.flush()
+
+    def _evict_stale(self) -> None:
+        """Row tables with ``evict_after``: drop the stale rows of the next bounded scan
+        (a numbered change, so the standby drops the same)."""
+        store = self.state.store
+        for table in list(store.row_tables()):
+            stale = table.stale(self.state.clock())
+            if stale.size:
+                store.evict_rows(table.name, stale)
 
     def shutdown(self) -> list[Outgoing]:
         """Fail every reply still waiting (the server is stopping)."""

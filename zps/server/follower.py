@@ -293,6 +293,7 @@ class Follower:
                 continue
             except SnapshotError as exc:
                 log.error("unusable snapshot from %s: %s; asking again", self.primary, exc)
+                await asyncio.sleep(self.core.config.repl_interval * 10)  # not in a hot loop
                 continue
             self._drain()
             if self._overflowed:
@@ -370,7 +371,7 @@ def _allocate(manifest: Any) -> list[np.ndarray]:
     return arrays
 
 
-_DTYPES = ("uint8", "float32", "float64")
+_DTYPES = ("uint8", "float32", "float64", "int64", "int32", "uint32")
 
 
 def public_endpoint(endpoint: str, seen_as: str) -> str:

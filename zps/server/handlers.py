@@ -15,6 +15,7 @@ from zps.errors import ProtocolError
 from zps.protocol import Op, Reply
 from zps.server.members import ROLES
 from zps.server.replies import Outgoing
+from zps.server.rowhandlers import RowHandlers
 from zps.server.waiters import PROMOTED, Condition, Deferred
 from zps.store import make_optimizer
 
@@ -26,7 +27,8 @@ log = logging.getLogger("zps.server")
 Handler = Callable[["Call"], "Outgoing | Deferred"]
 # Updates (and inits) are acknowledged only once the standby holds them, with durable
 # replication.
-DURABLE_OPS = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL})
+DURABLE_OPS = frozenset({Op.INIT, Op.PUSH, Op.PUSH_PULL, Op.INIT_ROWS, Op.PUSH_ROWS,
+                         Op.PUSH_PULL_ROWS})
 MAX_LAYOUT_SHARDS = 1 << 16
 
 
@@ -50,6 +52,10 @@ class Handlers:
             Op.ACK: self.ack,
             Op.WATCH: self.watch,
         }
+        rows = RowHandlers(self)
+        self.table.update({Op.INIT_ROWS: rows.init_rows, Op.PULL_ROWS: rows.pull_rows,
+                           Op.PUSH_ROWS: self.push, Op.PUSH_PULL_ROWS: rows.push_pull_rows,
+                           Op.TABLES: rows.tables})
 
     # ------------------------------------------------------------ membership
 
@@ -71,7 +77,7 @@ class Handlers:
             self.core.replica.attach(cid, call.now)
             return self.core.reply(call, self.core.hello_info())
         if role == "worker":  # an observer may look at any subset of the servers
-            self._check_layout(request.options.get("layout"))
+            self.check_layout(request.options.get("layout"))
         _, new = state.members.add(cid, role, call.now)
         if role == "worker":
             self.core.rounds.bsp.join(cid)
@@ -80,7 +86,7 @@ class Handlers:
             log.info("%s %s joined (%d workers)", role, cid, len(state.members.workers()))
         return self.core.reply(call, self.core.hello_info(cid))
 
-    def _check_layout(self, layout: Any) -> None:
+    def check_layout(self, layout: Any) -> None:
         """Every client must place tables over the same server list, in the same order,
         with the same chunk size; the first to say how fixes it for this server."""
         if layout is None:
@@ -121,7 +127,7 @@ class Handlers:
         state, request = self.state, call.request
         arrays = request.arrays()
         layout = request.options.get("layout")
-        self._check_layout(layout)
+        self.check_layout(layout)
         spec = request.options.get("optimizer") or self.core.config.optimizer
         wanted = make_optimizer(spec)  # validate before anything is created
         for name, array in arrays.items():  # check everything before creating anything
@@ -138,7 +144,7 @@ class Handlers:
             log.info("table %s created: %s %s%s", name, arrays[name].dtype, arrays[name].shape,
                      f" with server-side {spec['name']}" if spec else "")
         names = list(arrays)
-        return self._answer(call, [], lambda: self._tables(call, names, None, fresh))
+        return self.answer(call, [], lambda: self._tables(call, names, None, fresh))
 
     def push(self, call: Call) -> Outgoing | Deferred:
         accepted = self.core.pushes.accept(call.request, call.now)
@@ -155,7 +161,7 @@ class Handlers:
         def build() -> tuple[Reply, tuple[()]]:
             return Reply(call.request.request_id,
                          info={**state.info(), "seq": state.store.seq}), ()
-        return self._answer(call, conditions, build)
+        return self.answer(call, conditions, build)
 
     def pull(self, call: Call) -> Outgoing | Deferred:
         request = call.request
@@ -165,7 +171,7 @@ class Handlers:
         wish = self.core.reads.wish(request, names)
         self.state.counters["pulls"] += 1
         conditions = self.core.reads.conditions(request.client_id, names, {})
-        return self._answer(call, conditions, lambda: self._tables(call, names, wish))
+        return self.answer(call, conditions, lambda: self._tables(call, names, wish))
 
     def push_pull(self, call: Call) -> Outgoing | Deferred:
         request = call.request
@@ -174,7 +180,7 @@ class Handlers:
         accepted = self.core.pushes.accept(request, call.now)
         self.state.counters["pulls"] += 1
         conditions = self.core.reads.conditions(request.client_id, names, accepted.rounds)
-        return self._answer(call, conditions, lambda: self._tables(call, names, wish))
+        return self.answer(call, conditions, lambda: self._tables(call, names, wish))
 
     def _tables(self, call: Call, names: list[str], wish: Any,
                 created: list[str] | None = None) -> Any:
@@ -183,7 +189,7 @@ class Handlers:
             reply.info["created"] = created
         return reply, leases
 
-    def _answer(self, call: Call, conditions: list[Condition],
+    def answer(self, call: Call, conditions: list[Condition],
                 build: Callable[[], Any]) -> Outgoing | Deferred:
         """The reply now, if nothing needs waiting for (the common case: no registry),
         else a deferred one."""

@@ -25,6 +25,7 @@ from zps.protocol import (
     encode_change,
 )
 from zps.store import Change
+from zps.store.store import RowPayload
 from zps.transport import bind
 
 STREAM_HWM = 256  # changes (each at most chunk_bytes, 4 MiB by default) queued for a standby
@@ -70,6 +71,16 @@ class Publisher:
 
 def _wire_change(change: Change, epoch: int, meta: dict[str, Any]) -> Replicated:
     given = change.given
+    if isinstance(given, RowPayload):
+        frames = [("ids", given.ids)] if change.kind != "rows" else \
+            [("ids", given.ids), ("updates", np.ascontiguousarray(given.updates))]
+        if change.kind == "create_rows":
+            frames = []
+        meta = {**meta, "now": given.now} if change.kind == "rows" else meta
+        return Replicated(change.seq, epoch, change.table, change.version, change.kind,
+                          change.given_scale, change.requests, meta, None, None,
+                          tuple(a for _, a in frames),
+                          tuple(TensorMeta.of(n, a) for n, a in frames))
     if isinstance(given, Compressed):
         enc = given.encoded
         packed = EncodedMeta(change.table, enc.codec, enc.params, enc.dtype, enc.shape,

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zps.client.rowplace import batch
 from zps.codecs import Compressed, Encoded, check_parts, codec_for
 from zps.errors import ProtocolError
-from zps.protocol import EncodedMeta, Request
+from zps.protocol import ROW_OPS, EncodedMeta, Request
 from zps.server.rounds import Contribution, SyncRounds
 from zps.server.state import ServerState
 from zps.store import APPLIED, NEW, DenseTable
+from zps.store.errors import BadIds
+from zps.store.store import RowPayload
 from zps.store.tables import Update
 
 
@@ -43,7 +46,8 @@ class Pushes:
         Raises ``ProtocolError`` (or a store or codec error) and changes nothing if any
         part of it is wrong."""
         state = self.state
-        updates = self._updates(request)
+        updates = self._row_updates(request) if request.op in ROW_OPS else \
+            self._updates(request)
         cid, rid = request.client_id, request.request_id
         loss = _number(request, "loss", None)
         weight = _number(request, "weight", 1.0)
@@ -52,7 +56,7 @@ class Pushes:
         if request.watermark is None:
             raise ProtocolError("bad_header", "an update carries the client's watermark 'w'")
         state.ledger.check(rid, request.watermark)
-        fresh: dict[str, Update] = {}
+        fresh: dict[str, Update | RowPayload] = {}
         rounds: dict[str, int] = {}
         for name, update in updates.items():
             status = state.ledger.status(cid, name, rid)
@@ -92,6 +96,21 @@ class Pushes:
             updates[name] = _compressed(store.get(name), packed, parts)
         return updates
 
+    def _row_updates(self, request: Request) -> dict[str, RowPayload]:
+        """A row push as distinct ids and their updates, checked against its table
+        (duplicate ids, which a client does not send, are summed here too)."""
+        name = request.names[0]
+        table = self.state.store.rows(name)
+        arrays = request.arrays()
+        ids, updates = arrays["ids"], arrays["updates"]
+        if updates.shape[1] != table.spec.dim:
+            raise BadIds(f"row updates of {name!r} have {updates.shape[1]} columns, the "
+                         f"table {table.spec.dim}")
+        if ids.size > 1 and not bool((ids[1:] > ids[:-1]).all()):
+            merged = batch(ids, 1)
+            ids, updates = merged.unique, merged.summed(updates)
+        return {name: RowPayload(ids, updates.astype(table.dtype, copy=False))}
+
     def _based_on(self, name: str, cid: str) -> int | None:
         """The newest round the worker's update is based on (None: it cannot be late)."""
         if not self.rounds.may_skip:
@@ -104,15 +123,21 @@ class Pushes:
             return None
         return max(read or 0, pushed)
 
-    def _apply_now(self, request: Request, fresh: dict[str, Update], loss: float | None) -> None:
+    def _apply_now(self, request: Request, fresh: dict[str, Update | RowPayload],
+                   loss: float | None) -> None:
         state = self.state
         cid, rid, watermark = request.client_id, request.request_id, request.watermark or 0
+        requests = ((cid, rid, watermark),)
         state.rates.observe(cid, loss)
         for name, update in fresh.items():
-            version = state.store.get(name).version
+            version = state.store.table(name).version
             staleness = version - state.last_read.get((name, cid), version)
-            state.store.apply(name, update, state.rates.eta(cid, staleness),
-                              ((cid, rid, watermark),))
+            eta = state.rates.eta(cid, staleness)
+            if isinstance(update, RowPayload):
+                state.store.apply_rows(name, update.ids, update.updates, eta, requests,
+                                       state.clock())
+            else:
+                state.store.apply(name, update, eta, requests)
             state.ledger.applied(cid, name, rid)
             if state.kind == "ssp":
                 state.clocks.tick(name, cid)
@@ -121,8 +146,9 @@ class Pushes:
     def _count_bytes(self, request: Request) -> None:
         state = self.state
         total = 0
+        rows = request.names[0] if request.op in ROW_OPS else None
         for meta in request.tensors:
-            traffic = state.traffic_of(meta.name)
+            traffic = state.traffic_of(rows or meta.name)
             traffic.wire_in += meta.nbytes
             traffic.dense_in += meta.nbytes
             total += meta.nbytes

@@ -132,6 +132,21 @@ class Reads:
                       tuple(m for m, _ in encoded))
         return reply, tuple(leases)
 
+    def rows_reply(self, request: Request, name: str,
+                   ids: np.ndarray) -> tuple[Reply, tuple[Lease, ...]]:
+        """The rows of ``ids`` (stored, or their initial values: a pull creates none)."""
+        state = self.state
+        table = state.store.rows(name)
+        rows = table.read(ids)
+        traffic = state.traffic_of(name)
+        traffic.wire_out += rows.nbytes
+        traffic.dense_out += rows.nbytes
+        state.counters["bytes_out"] += rows.nbytes
+        self._note_read(request.client_id, [name], {name: table.version})
+        info = {**state.info(), "versions": {name: table.version}}
+        return Reply(request.request_id, (TensorMeta.of("rows", rows),), info, None,
+                     (rows,)), ()
+
     def _note_read(self, client: str, names: list[str], versions: dict[str, int]) -> None:
         """What the worker now holds: the base its next push is computed from."""
         state = self.state
@@ -161,7 +176,7 @@ class Reads:
         if cached is None:
             total = np.zeros_like(table.data)
             for update, scale in exact:
-                add_scaled(total, update, scale)
+                add_scaled(total, update, scale)  # type: ignore[arg-type]  # (dense log)
             cached = Compressed(wish.codec, wish.codec.encode(np, total))
             self._remember(key, cached)
         else:

@@ -33,6 +33,7 @@ from zps.store import (
     make_optimizer,
     restore_store,
 )
+from zps.store.rows import parse_row_spec
 from zps.store.snapshot import encode_snapshot
 
 log = logging.getLogger("zps.server")
@@ -184,7 +185,8 @@ class Replica:
         state = self.state
         return {"identity": state.ledger.export(), "mode": state.config.mode,
                 "layout": state.layout, "shard": state.shard,
-                "rounds": {t.name: self.rounds.bsp.closed(t.name) for t in state.store}}
+                "rounds": {t.name: self.rounds.bsp.closed(t.name)
+                           for t in state.store.tables()}}
 
     # ------------------------------------------------------------ standby side
 
@@ -204,8 +206,8 @@ class Replica:
         state.epoch = snapshot.epoch
         state.layout = layout if isinstance(layout, list) else None
         state.shard = shard if isinstance(shard, int) else None
-        state.lead_table = next(iter(t.name for t in state.store), None)
-        for table in state.store:
+        state.lead_table = next(iter(t.name for t in state.store.tables()), None)
+        for table in state.store.tables():
             closed = rounds.get(table.name) if isinstance(rounds, dict) else None
             self.rounds.reset(table.name, closed if isinstance(closed, int) else table.version)
 
@@ -215,6 +217,8 @@ class Replica:
         state = self.state
         if change.kind == "create":
             self._create(change)
+        elif change.kind in ("create_rows", "rows", "evict"):
+            self._rows(change)
         else:
             table = state.store.get(change.table)
             update = self._update(change)
@@ -230,15 +234,45 @@ class Replica:
             state.ledger.applied(client, change.table, request_id)
         state.epoch = change.epoch
 
+    def _rows(self, change: Replicated) -> None:
+        """A row table's change, applied as the primary applied it (same time, so the
+        same recency, admission counts and optimizer steps)."""
+        state = self.state
+        if change.kind == "create_rows":
+            meta = change.meta
+            share = meta.get("share", 1)
+            state.store.create_rows(change.table, parse_row_spec(meta),
+                                    share if isinstance(share, int) else 1)
+            self._adopt_layout(meta.get("layout"))
+            state.lead_table = state.lead_table or change.table
+            return
+        table = state.store.rows(change.table)
+        arrays = change.row_arrays()
+        if change.version != table.version + 1:
+            raise ProtocolError("bad_frames", f"change {change.seq} does not fit row table "
+                                              f"{change.table!r} here")
+        if change.kind == "evict":
+            state.store.evict_rows(change.table, arrays["ids"])
+            return
+        now = change.meta.get("now", 0.0)
+        state.store.apply_rows(change.table, arrays["ids"], arrays["updates"], change.scale,
+                               change.requests, float(now) if isinstance(now, int | float)
+                               else 0.0)
+        if state.sync:
+            self.rounds.reset(change.table, self.rounds.bsp.closed(change.table) + 1)
+
+    def _adopt_layout(self, layout: Any) -> None:
+        state = self.state
+        if isinstance(layout, list) and len(layout) >= 2 and state.layout is None:
+            state.layout, state.shard = layout[:2], layout[2] if len(layout) > 2 else None
+
     def _create(self, change: Replicated) -> None:
         state = self.state
         initial = change.dense()
         if initial is None:
             raise ProtocolError("bad_frames", "a created table must come dense")
         state.store.create(change.table, initial, make_optimizer(change.meta.get("optimizer")))
-        layout = change.meta.get("layout")
-        if isinstance(layout, list) and state.layout is None:
-            state.layout, state.shard = layout[:2], layout[2] if len(layout) > 2 else None
+        self._adopt_layout(change.meta.get("layout"))
         state.lead_table = state.lead_table or change.table
 
     def _update(self, change: Replicated) -> np.ndarray | Compressed:
@@ -257,7 +291,7 @@ class Replica:
         state = self.state
         state.role = "primary"
         state.epoch += 1
-        if state.sync and any(t.version for t in state.store):
+        if state.sync and any(t.version for t in state.store.tables()):
             self.rounds.start_after(now, state.config.heartbeat_interval * state.config.liveness)
         state.waiters.wake(PROMOTED)
 

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zps.client.rowplace import batch
 from zps.codecs import Compressed, add_scaled
 from zps.consistency import BspRounds, ClosedRound
 from zps.consistency.aggregate import parse_rule, trim_count
 from zps.server.state import ServerState
+from zps.store.store import RowPayload
 from zps.store.tables import Update
 
 log = logging.getLogger("zps.server")
@@ -37,7 +39,7 @@ class Contribution:
     request_id: int
     watermark: int
     weight: float
-    update: Update | None  # None once summed into the round's accumulator
+    update: Update | RowPayload | None  # None once summed into the round's accumulator
 
 
 @dataclass(slots=True)
@@ -113,7 +115,7 @@ class SyncRounds:
 
     def most_closed(self) -> int:
         """The job's round count: the most rounds any table has closed."""
-        return max((self.bsp.closed(t.name) for t in self.state.store), default=0)
+        return max((self.bsp.closed(t.name) for t in self.state.store.tables()), default=0)
 
     # ------------------------------------------------------------ internals
 
@@ -123,7 +125,8 @@ class SyncRounds:
             self._opened.pop(key, None)
             return
         self._opened.setdefault(key, now)
-        if self.rule.name in FOLDED_RULES and self.bsp.open_count(key) >= 2:
+        if self.rule.name in FOLDED_RULES and self.bsp.open_count(key) >= 2 \
+                and self.state.store.table(key).kind == "dense":
             for contribution in self.bsp.open_payloads(key):
                 self._fold(key, contribution)
 
@@ -131,6 +134,7 @@ class SyncRounds:
         update = contribution.update
         if update is None:
             return
+        assert not isinstance(update, RowPayload)  # row rounds are combined at the close
         contribution.update = None
         weight = contribution.weight if self.rule.name == "weighted" else 1.0
         acc = self._sums.get(key)
@@ -144,9 +148,13 @@ class SyncRounds:
         state = self.state
         for done in closed:
             self._opened.pop(done.key, None)
-            update = self._combine(done)
             requests = tuple((c.client, c.request_id, c.watermark) for c in done.payloads)
-            state.store.apply(done.key, update, 1.0, requests)
+            if state.store.table(done.key).kind == "rows":
+                rows = self._combine_rows(done)
+                state.store.apply_rows(done.key, rows.ids, rows.updates, 1.0, requests,
+                                       state.clock())
+            else:
+                state.store.apply(done.key, self._combine(done), 1.0, requests)
             for c in done.payloads:
                 state.ledger.applied(c.client, done.key, c.request_id)
             state.counters["rounds"] += 1
@@ -157,9 +165,10 @@ class SyncRounds:
     def _combine(self, done: ClosedRound[Contribution]) -> Update:
         """One round's update by the aggregation rule."""
         payloads = done.payloads
-        if len(payloads) == 1 and self.rule.name != "weighted" \
-                and payloads[0].update is not None:
-            return payloads[0].update
+        single = payloads[0].update
+        if len(payloads) == 1 and self.rule.name != "weighted" and single is not None:
+            assert not isinstance(single, RowPayload)
+            return single
         if self.rule.name in FOLDED_RULES:
             for contribution in payloads:
                 self._fold(done.key, contribution)
@@ -172,6 +181,25 @@ class SyncRounds:
                 acc.total.fill(0)  # every weight was 0: the round changes nothing
             return acc.total
         return self._robust(done.key, payloads)
+
+    def _combine_rows(self, done: ClosedRound[Contribution]) -> RowPayload:
+        """A round of row pushes: per id, the mean over the round's workers (one that did
+        not touch a row counts as zero, as in dense data-parallel SGD), or the weighted
+        mean."""
+        payloads = [c.update for c in done.payloads]
+        assert all(isinstance(p, RowPayload) for p in payloads)
+        weights = [c.weight if self.rule.name == "weighted" else 1.0 for c in done.payloads]
+        ids = np.concatenate([p.ids for p in payloads])  # type: ignore[union-attr]
+        updates = np.concatenate([p.updates * p.updates.dtype.type(w)  # type: ignore[union-attr]
+                                  for p, w in zip(payloads, weights, strict=True)])
+        total = sum(weights)
+        merged = batch(ids, 1)
+        summed = merged.summed(updates) if ids.size else updates
+        if total > 0:
+            summed *= summed.dtype.type(1.0 / total)
+        else:
+            summed[...] = 0  # every weight was 0: the round changes nothing
+        return RowPayload(merged.unique, summed)
 
     def _robust(self, key: str, payloads: tuple[Contribution, ...]) -> np.ndarray:
         """Median or trimmed mean, coordinate-wise, over one stacked array."""

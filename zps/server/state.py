@@ -7,7 +7,9 @@ lookups. It imports neither asyncio nor zmq.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,9 @@ class ServerState:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     traffic: dict[str, Traffic] = field(default_factory=dict)
     departed: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=DEPARTED_KEPT))
+    # Wall-clock seconds, for row tables' recency: it travels with each row change, so a
+    # standby (and a restore) keep the same ages.
+    clock: Callable[[], float] = time.time
 
     @classmethod
     def of(cls, config: ServerConfig, server_id: str) -> ServerState:

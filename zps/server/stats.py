@@ -30,13 +30,13 @@ def stats_info(core: ServerCore, now: float) -> dict[str, Any]:
             {
                 "name": t.name,
                 **t.describe(),
-                "copies": t.swaps,
+                "copies": getattr(t, "swaps", 0),
                 **_traffic(state.traffic.get(t.name) or Traffic()),
                 "rounds": bsp.closed(t.name),
                 "waiting_for": list(bsp.pending(t.name)) if state.sync else [],
                 "optimizer": t.optimizer.spec() if t.optimizer else None,
             }
-            for t in state.store
+            for t in state.store.tables()
         ],
         "members": [
             {

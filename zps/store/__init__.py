@@ -3,7 +3,9 @@ snapshots and checkpoint files."""
 
 from zps.store.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from zps.store.errors import (
+    BadIds,
     BadOptimizer,
+    BadRowSpec,
     RequestWindowError,
     StoreError,
     TableConflict,
@@ -29,7 +31,9 @@ __all__ = [
     "APPLIED",
     "NEW",
     "OPTIMIZERS",
+    "BadIds",
     "BadOptimizer",
+    "BadRowSpec",
     "Change",
     "DenseTable",
     "Optimizer",

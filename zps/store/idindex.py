@@ -13,8 +13,8 @@ import numpy as np
 
 EMPTY, FULL, GONE = 0, 1, 2
 MIN_CAPACITY = 64
-MAX_LOAD = 0.5  # full positions per capacity before growing
-MAX_USED = 0.7  # full + tombstones before rebuilding
+MAX_LOAD = 0.6  # full positions per capacity before growing
+MAX_USED = 0.75  # full + tombstones before rebuilding
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -30,7 +30,7 @@ def mix64(values: np.ndarray, salt: int = 0) -> np.ndarray:
 
 
 class IdIndex:
-    """A map from distinct int64 ids to int64 slots."""
+    """A map from distinct int64 ids to row slots (int32)."""
 
     def __init__(self, capacity: int = MIN_CAPACITY) -> None:
         self._alloc(max(MIN_CAPACITY, 1 << (max(1, capacity) - 1).bit_length()))
@@ -50,7 +50,7 @@ class IdIndex:
 
     def _alloc(self, capacity: int) -> None:
         self.keys = np.zeros(capacity, np.int64)
-        self.slots = np.zeros(capacity, np.int64)
+        self.slots = np.zeros(capacity, np.int32)  # (rows of one server: < 2**31)
         self.state = np.zeros(capacity, np.int8)
         self._mask = np.uint64(capacity - 1)
 

@@ -97,6 +97,7 @@ class RowTable:
     def __init__(self, name: str, spec: RowSpec, share: int = 1) -> None:
         self.name = name
         self.spec = spec
+        self.share = share
         self.optimizer = spec.optimizer
         self.version = 0
         self.seed = table_seed(name)
@@ -105,7 +106,7 @@ class RowTable:
         self.index = IdIndex()
         self.values = np.zeros((0, spec.dim), self.dtype)
         self.last_push = np.zeros(0, np.float64)
-        self.pushes = np.zeros(0, np.int64)
+        self.pushes = np.zeros(0, np.int32)
         self.row_ids = np.zeros(0, np.int64)  # the id in each slot
         self.live = np.zeros(0, bool)  # whether a slot holds a row
         self.state = {k: np.zeros((0, spec.dim), self.dtype)
@@ -125,8 +126,9 @@ class RowTable:
     @property
     def nbytes(self) -> int:
         """Bytes held for stored rows: values, metadata, state, index."""
-        per_row = self.values.itemsize * self.spec.dim * (1 + len(self.state)) + 16
-        return per_row * self.values.shape[0] + self.index.nbytes
+        arrays = [self.values, self.last_push, self.pushes, self.row_ids, self.live,
+                  *self.state.values()]
+        return sum(int(a.nbytes) for a in arrays) + self.index.nbytes
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "dtype": self.spec.dtype, "shape": [None, self.spec.dim],
@@ -229,6 +231,10 @@ class RowTable:
         self.admitted += ids.size
         return slots
 
+    def reserve(self, n: int) -> np.ndarray:
+        """``n`` free slots (for filling the table from a snapshot)."""
+        return self._take_slots(n)
+
     def _take_slots(self, n: int) -> np.ndarray:
         free = np.concatenate(self._free) if self._free else np.zeros(0, np.int64)
         reused, rest = free[:n], free[n:]
@@ -242,7 +248,7 @@ class RowTable:
         capacity = self.values.shape[0]
         if need <= capacity:
             return
-        size = max(need, 2 * capacity, 1024)
+        size = max(need, capacity + capacity // 4, 1024)  # 1.25x: memory stays near use
         self.values = _resized(self.values, size)
         self.last_push = _resized(self.last_push, size)
         self.pushes = _resized(self.pushes, size)

@@ -15,8 +15,6 @@ snapshot and raises ``SnapshotError`` for anything wrong, never another exceptio
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +22,9 @@ import msgpack
 import numpy as np
 
 from zps.errors import ZpsError
-from zps.store.errors import BadOptimizer
+from zps.store.errors import BadOptimizer, BadRowSpec
 from zps.store.optimizers import make_optimizer
+from zps.store.rowsnap import RowState, restore_rows, row_state
 from zps.store.store import Store
 from zps.store.tables import DenseTable, Reader
 
@@ -79,6 +78,7 @@ class Snapshot:
     epoch: int
     tables: tuple[TableState, ...]
     extra: dict[str, Any]
+    rows: tuple[RowState, ...] = ()  # row tables (copied: their rows, compacted)
 
 
 # ---------------------------------------------------------------- store <-> snapshot
@@ -93,6 +93,10 @@ def take_snapshot(store: Store, epoch: int, extra: dict[str, Any]) -> Snapshot:
     is not float32/float64, and ``ValueError`` if ``epoch`` is negative.
     """
     return _snapshot(store, epoch, extra, [_copied(t) for t in store])
+
+
+def _row_states(store: Store) -> tuple[RowState, ...]:
+    return tuple(row_state(t) for t in store.row_tables())
 
 
 def freeze_snapshot(store: Store, epoch: int, extra: dict[str, Any],
@@ -116,7 +120,7 @@ def _snapshot(store: Store, epoch: int, extra: dict[str, Any],
         extra = msgpack.unpackb(msgpack.packb(extra), raw=False, strict_map_key=False)
     except (TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"extra state cannot be encoded with msgpack ({exc})") from None
-    return Snapshot(store.seq, epoch, tuple(tables), extra)
+    return Snapshot(store.seq, epoch, tuple(tables), extra, _row_states(store))
 
 
 def _frozen(table: DenseTable) -> TableState:
@@ -174,6 +178,11 @@ def restore_store(snapshot: Snapshot, log_entries: int = 1024,
             optimizer.state = {k: _owned(v, adopt) for k, v in state.optimizer_state.items()}
         table = store.create(state.name, _owned(state.data, adopt), optimizer, adopt=True)
         table.version = state.version
+    for rows in snapshot.rows:
+        try:
+            store.put(restore_rows(rows))
+        except BadRowSpec as exc:
+            raise SnapshotError(str(exc)) from None
     store.seq = snapshot.seq
     return store
 
@@ -211,8 +220,15 @@ def encode_snapshot(snapshot: Snapshot) -> tuple[bytes, list[np.ndarray]]:
             "steps": t.optimizer_steps, "data": _array_to_wire(t.data),
             "state": [[k, *_array_to_wire(a)] for k, a in t.optimizer_state.items()],
         })
+    rows: list[dict[str, Any]] = []
+    for r in snapshot.rows:
+        arrays.extend(np.ascontiguousarray(a) for a in r.arrays.values())
+        rows.append({"name": r.name, "spec": r.spec, "share": r.share, "version": r.version,
+                     "counters": list(r.counters),
+                     "arrays": [[k, *_array_to_wire(a)] for k, a in r.arrays.items()]})
     header = {"magic": HEADER_MAGIC, "format": FORMAT_VERSION, "seq": snapshot.seq,
-              "epoch": snapshot.epoch, "extra": snapshot.extra, "tables": tables}
+              "epoch": snapshot.epoch, "extra": snapshot.extra, "tables": tables,
+              "rows": rows}
     try:
         return msgpack.packb(header), arrays
     except (TypeError, ValueError, OverflowError) as exc:
@@ -230,171 +246,15 @@ def snapshot_frames(snapshot: Snapshot) -> list[bytes | np.ndarray]:
     return [header, *arrays]
 
 
-# ---------------------------------------------------------------- decoding
+# Reading lives in snapshot_read (it needs the types above); its names are here too.
+from zps.store.snapshot_read import (  # noqa: E402
+    ArrayMeta,
+    SnapshotLayout,
+    assemble,
+    parse_header,
+    snapshot_from_frames,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class ArrayMeta:
-    """One array of an encoded snapshot."""
-
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    nbytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class _TableMeta:
-    name: str
-    version: int
-    optimizer: dict[str, Any] | None
-    steps: int
-    data: ArrayMeta
-    state: tuple[tuple[str, ArrayMeta], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotLayout:
-    """A parsed snapshot header: what arrays follow it, before any has arrived."""
-
-    seq: int
-    epoch: int
-    extra: dict[str, Any]
-    tables: tuple[_TableMeta, ...]
-
-    def arrays(self) -> list[ArrayMeta]:
-        """Every array the header announces, in buffer order."""
-        return [m for t in self.tables for m in (t.data, *(a for _, a in t.state))]
-
-
-def _fail(what: str) -> SnapshotError:
-    return SnapshotError(f"bad snapshot header: {what}")
-
-
-def _count(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _fail(f"{what} must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _parse_array(wire: Any, what: str) -> ArrayMeta:
-    if not isinstance(wire, list) or len(wire) != 3:
-        raise _fail(f"{what} must be [dtype, shape, nbytes], got {wire!r}")
-    name, shape, nbytes = wire
-    if not isinstance(name, str) or name not in _DTYPES:
-        raise _fail(f"{what} dtype must be one of {sorted(_DTYPES)}, got {name!r}")
-    if not isinstance(shape, list) or len(shape) > _MAX_NDIM:
-        raise _fail(f"{what} shape must be a list of at most {_MAX_NDIM} sizes, got {shape!r}")
-    dims = tuple(_count(d, f"{what} shape entry") for d in shape)
-    dtype = _DTYPES[name]
-    if math.prod(max(d, 1) for d in dims) * dtype.itemsize > _MAX_ARRAY_BYTES:
-        raise _fail(f"{what} shape {list(dims)} is impossibly large")
-    expected = math.prod(dims) * dtype.itemsize
-    if _count(nbytes, f"{what} nbytes") != expected:
-        raise _fail(f"{what} says {nbytes} bytes but {name} of shape {list(dims)} "
-                    f"takes {expected}")
-    return ArrayMeta(dtype, dims, expected)
-
-
-def _parse_table(wire: Any, index: int) -> _TableMeta:
-    if not isinstance(wire, dict):
-        raise _fail(f"table entry {index} must be a map")
-    name = wire.get("name")
-    if not isinstance(name, str):
-        raise _fail(f"table entry {index} name must be a string, got {name!r}")
-    what = f"table {name!r}"
-    spec = wire.get("optimizer")
-    try:
-        make_optimizer(spec)
-    except BadOptimizer as exc:
-        raise _fail(f"{what} optimizer: {exc}") from None
-    data = _parse_array(wire.get("data"), f"{what} data")
-    state_wire = wire.get("state")
-    if not isinstance(state_wire, list) or (spec is None and state_wire):
-        raise _fail(f"{what} state must be a list, empty without an optimizer")
-    state: dict[str, ArrayMeta] = {}
-    for entry in state_wire:
-        if not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
-            raise _fail(f"{what} state entries must be [key, dtype, shape, nbytes]")
-        key = entry[0]
-        meta = _parse_array(entry[1:], f"{what} optimizer state {key!r}")
-        if key in state or meta.shape != data.shape:
-            raise _fail(f"{what} optimizer state {key!r} is repeated or not shaped like "
-                        "the table")
-        state[key] = meta
-    return _TableMeta(name, _count(wire.get("version"), f"{what} version"), spec,
-                      _count(wire.get("steps"), f"{what} steps"), data, tuple(state.items()))
-
-
-def parse_header(raw: Any) -> SnapshotLayout:
-    """The layout an encoded snapshot header describes; ``SnapshotError`` if malformed."""
-    try:
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise _fail(f"not valid msgpack ({type(exc).__name__}: {exc})") from None
-    if not isinstance(header, dict) or header.get("magic") != HEADER_MAGIC:
-        raise _fail(f"not a zps snapshot header (no magic {HEADER_MAGIC!r})")
-    if header.get("format") != FORMAT_VERSION:
-        raise _fail(f"format version {header.get('format')!r} is not supported; this zps "
-                    f"reads version {FORMAT_VERSION}")
-    extra, tables = header.get("extra"), header.get("tables")
-    if not isinstance(extra, dict) or not isinstance(tables, list):
-        raise _fail("extra must be a map and tables a list")
-    parsed = tuple(_parse_table(t, i) for i, t in enumerate(tables))
-    if len({t.name for t in parsed}) != len(parsed):
-        raise _fail("a table name appears twice")
-    return SnapshotLayout(_count(header.get("seq"), "seq"), _count(header.get("epoch"), "epoch"),
-                   extra, parsed)
-
-
-def assemble(header: SnapshotLayout, buffers: Sequence[Any], writable: bool = False) -> Snapshot:
-    """The snapshot, with views of ``buffers`` (one per array of ``header``, each of the
-    size it announces), read-only unless ``writable`` (buffers the caller owns)."""
-    if len(buffers) != len(header.arrays()):
-        raise SnapshotError(f"snapshot header announces {len(header.arrays())} arrays but "
-                            f"{len(buffers)} arrived")
-    views = iter(_view(buffer, meta, writable)
-                 for buffer, meta in zip(buffers, header.arrays(), strict=True))
-    tables = tuple(
-        TableState(t.name, next(views), t.version, t.optimizer, t.steps,
-                   {key: next(views) for key, _ in t.state})
-        for t in header.tables)
-    return Snapshot(header.seq, header.epoch, tables, header.extra)
-
-
-def _view(buffer: Any, meta: ArrayMeta, writable: bool) -> np.ndarray:
-    array = np.frombuffer(buffer, dtype=meta.dtype).reshape(meta.shape)
-    if not writable:
-        array.flags.writeable = False
-    return array
-
-
-def snapshot_from_frames(frames: Sequence[Any]) -> Snapshot:
-    """The snapshot carried by ``frames`` (from ``snapshot_frames``, possibly via ZeroMQ).
-
-    Arrays are read-only views of the frames (no copy). Raises ``SnapshotError`` saying
-    what is wrong (format version, header field, dtype, shape against byte count, frame
-    count, a frame that is not a contiguous buffer) and nothing else.
-    """
-    if not frames:
-        raise SnapshotError("empty snapshot message: expected a header frame")
-    buffers = [_as_bytes(f, i) for i, f in enumerate(frames)]
-    header = parse_header(buffers[0])
-    metas = header.arrays()
-    if len(buffers) - 1 != len(metas):
-        raise SnapshotError(f"snapshot header announces {len(metas)} array frames but "
-                            f"{len(buffers) - 1} arrived")
-    for i, (buffer, meta) in enumerate(zip(buffers[1:], metas, strict=True), start=1):
-        if buffer.nbytes != meta.nbytes:
-            raise SnapshotError(f"snapshot frame {i} holds {buffer.nbytes} bytes but its "
-                                f"header says {meta.nbytes}")
-    return assemble(header, buffers[1:])
-
-
-def _as_bytes(frame: Any, index: int) -> np.ndarray:
-    try:
-        return np.frombuffer(frame, dtype=np.uint8)
-    except (TypeError, ValueError) as exc:
-        raise SnapshotError(f"snapshot frame {index} is not a contiguous buffer "
-                            f"({exc})") from None
-
-
+__all__ = ["ArrayMeta", "Snapshot", "SnapshotError", "SnapshotLayout", "TableState",
+           "assemble", "encode_snapshot", "freeze_snapshot", "parse_header",
+           "restore_store", "snapshot_frames", "snapshot_from_frames", "take_snapshot"]

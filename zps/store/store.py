@@ -16,11 +16,26 @@ from typing import Any
 import numpy as np
 
 from zps.protocol import ClientRequest
-from zps.store.errors import UnknownTable
+from zps.store.errors import TableMismatch, UnknownTable
 from zps.store.optimizers import Optimizer
+from zps.store.rows import RowSpec, RowTable, RowUpdate
 from zps.store.tables import DenseTable, Update, table_array
 
 Requests = tuple[ClientRequest, ...]  # (client, request id, watermark) of a change's pushes
+
+
+@dataclass(frozen=True, slots=True)
+class RowPayload:
+    """What ``Store.apply_rows`` was given: distinct ids, their updates (gradients for a row
+    optimizer) and the time of the push; for an eviction, the ids alone."""
+
+    ids: np.ndarray
+    updates: np.ndarray
+    now: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.ids.nbytes + self.updates.nbytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,20 +51,22 @@ class Change:
     seq: int
     table: str
     version: int
-    update: Update
+    update: Update | RowUpdate | RowPayload
     scale: float
-    given: Update
+    given: Update | RowPayload
     given_scale: float
     requests: Requests = ()
-    kind: str = "apply"  # or "create": update is the initial value
+    kind: str = "apply"  # "create" (update: the initial value); for row tables "create_rows"
+    # (meta: the spec), "rows" (given: ids and updates) and "evict" (given: the ids)
     optimizer: dict[str, Any] | None = None  # create: the table's optimizer settings
+    meta: dict[str, Any] | None = None  # create_rows: the row table's settings
 
 
 class Store:
     """All tables of one server, a sequence number and a bounded log of applied changes."""
 
     def __init__(self, log_entries: int = 1024, log_bytes: int = 256 << 20) -> None:
-        self._tables: dict[str, DenseTable] = {}
+        self._tables: dict[str, DenseTable | RowTable] = {}
         self.seq = 0
         self._log: deque[Change] = deque()
         self._log_entries = log_entries
@@ -61,20 +78,44 @@ class Store:
         return name in self._tables
 
     def __iter__(self) -> Iterator[DenseTable]:
-        return iter(self._tables.values())
+        """The dense tables."""
+        return (t for t in self._tables.values() if isinstance(t, DenseTable))
 
     def __len__(self) -> int:
         return len(self._tables)
 
-    def get(self, name: str) -> DenseTable:
-        """The table called ``name``; ``UnknownTable`` if there is none."""
+    def row_tables(self) -> Iterator[RowTable]:
+        return (t for t in self._tables.values() if isinstance(t, RowTable))
+
+    def tables(self) -> list[DenseTable | RowTable]:
+        """Every table, dense and row, in creation order."""
+        return list(self._tables.values())
+
+    def table(self, name: str) -> DenseTable | RowTable:
+        """The table called ``name``, of either kind; ``UnknownTable`` if there is none."""
         try:
             return self._tables[name]
         except KeyError:
             raise UnknownTable(
-                f"no table {name!r} on this server; call init() with it first "
-                "(if the server restarted without a checkpoint, its tables were lost)"
+                f"no table {name!r} on this server; call init() (or init_rows()) with it "
+                "first (if the server restarted without a checkpoint, its tables were lost)"
             ) from None
+
+    def get(self, name: str) -> DenseTable:
+        """The dense table called ``name``; ``UnknownTable``, or ``TableMismatch`` for a row
+        table."""
+        table = self.table(name)
+        if not isinstance(table, DenseTable):
+            raise TableMismatch(f"{name!r} is a row table: use pull_rows / push_rows")
+        return table
+
+    def rows(self, name: str) -> RowTable:
+        """The row table called ``name``; ``UnknownTable``, or ``TableMismatch`` for a dense
+        table."""
+        table = self.table(name)
+        if not isinstance(table, RowTable):
+            raise TableMismatch(f"{name!r} is a dense table: use pull / push")
+        return table
 
     def create(self, name: str, initial: np.ndarray, optimizer: Optimizer | None = None,
                adopt: bool = False) -> DenseTable:
@@ -108,6 +149,48 @@ class Store:
         for notify in self._subscribers:
             notify(change)
         return change
+
+    def put(self, table: RowTable) -> None:
+        """Add a row table as it is (a restore: no numbered change)."""
+        self._tables[table.name] = table
+
+    def create_rows(self, name: str, spec: RowSpec, share: int = 1) -> RowTable:
+        """Create row table ``name`` (a numbered change; ``share``: how many servers hold
+        a shard of it, for its ``max_rows``)."""
+        table = RowTable(name, spec, share)
+        self._tables[name] = table
+        self.seq += 1
+        empty = RowPayload(np.zeros(0, np.int64), np.zeros((0, spec.dim), table.dtype))
+        self._notify(Change(self.seq, name, 0, empty, 0.0, empty, 0.0, (), "create_rows",
+                            meta={**spec.to_wire(), "share": share}))
+        return table
+
+    def apply_rows(self, name: str, ids: np.ndarray, updates: np.ndarray, scale: float,
+                   requests: Requests, now: float) -> Change:
+        """Apply ``scale * updates`` to the rows of ``ids`` (distinct); numbered, and told
+        to subscribers (row changes are not kept in the log: delta pulls are dense)."""
+        table = self.rows(name)
+        done = table.apply(ids, updates, scale, now)
+        self.seq += 1
+        change = Change(self.seq, name, table.version, done, 1.0,
+                        RowPayload(ids, updates, now), scale, requests, "rows")
+        self._notify(change)
+        return change
+
+    def evict_rows(self, name: str, ids: np.ndarray) -> Change:
+        """Remove the rows of ``ids`` (a numbered change, so a standby does the same)."""
+        table = self.rows(name)
+        table.remove(ids)
+        table.version += 1
+        self.seq += 1
+        payload = RowPayload(ids, np.zeros((0, table.spec.dim), table.dtype))
+        change = Change(self.seq, name, table.version, payload, 1.0, payload, 1.0, (), "evict")
+        self._notify(change)
+        return change
+
+    def _notify(self, change: Change) -> None:
+        for notify in self._subscribers:
+            notify(change)
 
     def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback(change)`` after every change; returns an unsubscribe."""

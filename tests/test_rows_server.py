@@ -1,0 +1,201 @@
+"""Row tables with real sockets: several workers and servers, every consistency mode,
+a standby, failover, checkpoints, and bad input refused with nothing changed."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+import zps
+from zps.protocol import Op, Request, TensorMeta, decode_reply, encode_request
+from zps.store import latest_checkpoint
+
+from .conftest import ServerThread, wait_for
+from .test_client_server import raw_dealer
+
+
+def rows_state(server: ServerThread) -> dict[str, Any]:
+    """Every row table's stored ids, values, metadata and optimizer state, as bytes."""
+    def read() -> dict[str, Any]:
+        from zps.store.rowsnap import row_state
+
+        return {t.name: {k: a.tobytes() for k, a in row_state(t).arrays.items()} | {
+            "version": t.version} for t in server.server.core.store.row_tables()}
+    return server.run(read)
+
+
+def test_two_workers_two_servers_async_sum_exactly(start_server) -> None:
+    a, b = start_server(mode="async"), start_server(mode="async")
+    servers = [a.address, b.address]
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(-(2**40), 2**40, (40, 3)).astype(np.int64) for _ in range(6)]
+    expected: dict[int, float] = {}
+
+    def work(chunks: list[np.ndarray]) -> None:
+        with zps.Client(servers) as ps:
+            ps.init_rows("item", dim=2, init="zeros")
+            for chunk in chunks:
+                ps.push_rows("item", chunk, np.ones((*chunk.shape, 2), np.float32))
+
+    for chunk in ids:
+        for i in chunk.reshape(-1).tolist():
+            expected[i] = expected.get(i, 0.0) + 1.0
+    threads = [threading.Thread(target=work, args=(ids[k::2],)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    with zps.Client(servers) as ps:  # never called init_rows: it asks the servers
+        keys = np.array(sorted(expected), np.int64)
+        got = ps.pull_rows("item", keys)
+        np.testing.assert_array_equal(got[:, 0], [expected[k] for k in keys.tolist()])
+        stats = ps.stats()
+    counts = [next(t["rows"] for t in s["tables"] if t["name"] == "item") for s in stats]
+    assert sum(counts) == len(expected) and min(counts) > 0  # spread over both servers
+
+
+def test_sync_rounds_average_rows_over_the_workers(start_server) -> None:
+    """A worker that did not touch a row counts as zero, as in data-parallel SGD."""
+    servers = [start_server(mode="sync", workers=2).address,
+               start_server(mode="sync", workers=2).address]
+    results: dict[int, np.ndarray] = {}
+
+    def work(index: int) -> None:
+        with zps.Client(servers, client_id=f"w{index}") as ps:
+            ps.init_rows("u", dim=1, init="zeros")
+            ids = np.array([1, 2] if index == 0 else [2, 3], np.int64)
+            results[index] = ps.push_pull_rows("u", ids, np.full((2, 1), 4.0),
+                                               pull_ids=np.array([1, 2, 3, 4], np.int64))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for got in results.values():
+        np.testing.assert_array_equal(got[:, 0], [2.0, 4.0, 2.0, 0.0])
+
+
+def test_row_optimizer_admission_and_ssp(start_server) -> None:
+    server = start_server(mode="ssp:1")
+    with zps.Client([server.address]) as ps:
+        ps.init_rows("f", dim=3, init="zeros", admit_after=2,
+                     optimizer={"name": "adagrad", "lr": 0.5})
+        ps.init_rows("f", dim=3, init="zeros", admit_after=2,
+                     optimizer={"name": "adagrad", "lr": 0.5})  # idempotent
+        with pytest.raises(zps.ShapeMismatchError, match="does not match"):
+            ps.init_rows("f", dim=4)
+        ps.push_rows("f", [7], np.ones((1, 3)))
+        assert not ps.pull_rows("f", [7]).any()  # counted, not stored yet
+        ps.push_rows("f", [7], np.ones((1, 3)))
+        np.testing.assert_allclose(ps.pull_rows("f", [7]), -0.5, rtol=1e-5)
+        table = next(t for t in ps.tables() if t["name"] == "f")
+        assert table["rows"] == 1 and table["spec"]["optimizer"]["name"] == "adagrad"
+
+
+def test_bad_row_input_is_refused_and_changes_nothing(start_server) -> None:
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        ps.init_rows("t", dim=2, init="zeros")
+        with pytest.raises(zps.ShapeMismatchError, match="int64"):
+            ps.pull_rows("t", np.array([1.5]))
+        with pytest.raises(zps.ShapeMismatchError, match="shape"):
+            ps.push_rows("t", [1, 2], np.ones((3, 2)))
+    sock = raw_dealer(server.address)
+    try:
+        def ask(tensors: list[tuple[str, np.ndarray]], op: Op = Op.PUSH_ROWS) -> Any:
+            metas = tuple(TensorMeta(n, a.dtype.name, a.shape, a.nbytes) for n, a in tensors)
+            sock.send_multipart(encode_request(Request(
+                op, "raw", 5, metas, ("t",), {}, tuple(a for _, a in tensors), watermark=5)))
+            return decode_reply(sock.recv_multipart())
+
+        bad = [
+            [("ids", np.array([1.0, 2.0])), ("updates", np.ones((2, 2), np.float32))],
+            [("ids", np.array([1, 2])), ("updates", np.ones((3, 2), np.float32))],
+            [("ids", np.array([1, 2])), ("updates", np.ones((2, 5), np.float32))],
+            [("updates", np.ones((2, 2), np.float32)), ("ids", np.array([1, 2]))],
+            [("ids", np.array([[1, 2]]))],
+        ]
+        codes = [ask(t, Op.PULL_ROWS if len(t) == 1 else Op.PUSH_ROWS).error[0] for t in bad]
+        assert codes == ["bad_dtype", "bad_shape", "bad_shape", "bad_header", "bad_dtype"]
+    finally:
+        sock.close(linger=0)
+    assert server.run(lambda: len(server.server.core.store.rows("t"))) == 0
+
+
+def test_a_standby_holds_the_same_rows_and_takes_over(start_server) -> None:
+    primary = start_server(mode="async")
+    with zps.Client([primary.address]) as ps:
+        ps.init_rows("e", dim=4, init="normal:0.1", optimizer={"name": "adam", "lr": 0.01},
+                     admit_after=2, max_rows=50)
+        rng = np.random.default_rng(1)
+        for _ in range(5):  # before the standby: it comes by snapshot
+            ids = rng.integers(0, 80, 30).astype(np.int64)
+            ps.push_rows("e", ids, rng.standard_normal((30, 4)))
+    standby = start_server(mode="async", standby_of=primary.address)
+    with zps.Client([primary.address], standbys=[standby.address]) as ps:
+        for _ in range(10):  # then by the stream
+            ids = rng.integers(0, 80, 30).astype(np.int64)
+            ps.push_rows("e", ids, rng.standard_normal((30, 4)))
+        wait_for(lambda: rows_state(standby) == rows_state(primary), what="the same rows")
+        before = ps.pull_rows("e", np.arange(80))
+        primary.stop()
+        ps.push_rows("e", [3], np.ones((1, 4)))  # answered by the new primary
+        after = ps.pull_rows("e", np.arange(80))
+    changed = np.flatnonzero((after != before).any(axis=1))
+    assert changed.tolist() in ([], [3])  # row 3 moved, or was still being admitted
+
+
+def test_checkpoints_restore_rows_counts_and_recency(start_server, tmp_path: Path) -> None:
+    server = start_server(mode="async", checkpoint_dir=str(tmp_path))
+    with zps.Client([server.address]) as ps:
+        ps.init_rows("c", dim=2, init="uniform:1", admit_after=2,
+                     optimizer={"name": "ftrl", "lr": 0.1, "l1": 0.01})
+        for step in range(4):
+            ps.push_rows("c", np.arange(step, step + 10), np.ones((10, 2)))
+    before = rows_state(server)
+    server.stop()
+    assert latest_checkpoint(tmp_path) is not None
+    restored = start_server(mode="async", restore=str(tmp_path))
+    assert rows_state(restored) == before
+    with zps.Client([restored.address]) as ps:
+        assert ps.pull_rows("c", [0, 100]).shape == (2, 2)
+
+
+def test_eviction_by_age_is_replicated(start_server) -> None:
+    clock = [1000.0]
+    primary = start_server(mode="async", heartbeat_interval=0.05)
+    standby = start_server(mode="async", standby_of=primary.address)
+    for server in (primary, standby):
+        server.run(lambda s=server: setattr(s.server.core.state, "clock", lambda: clock[0]))
+    with zps.Client([primary.address], heartbeat_interval=0.02) as ps:
+        ps.init_rows("old", dim=1, init="zeros", evict_after=10.0)
+        ps.push_rows("old", np.arange(20), np.ones((20, 1)))
+        clock[0] += 5
+        ps.push_rows("old", np.arange(5), np.ones((5, 1)))
+        clock[0] += 7  # rows 5..19 are 12 s old, rows 0..4 7 s
+        wait_for(lambda: primary.run(lambda: len(primary.server.core.store.rows("old"))) == 5,
+                 what="the stale rows to go")
+        wait_for(lambda: rows_state(standby) == rows_state(primary), what="the standby")
+        np.testing.assert_array_equal(ps.pull_rows("old", [0, 19])[:, 0], [2.0, 0.0])
+
+
+def test_row_ids_frames_are_validated_on_the_stream_too() -> None:
+    from zps.protocol import DecodeError, Replicated, decode_stream, encode_change
+
+    ids, updates = np.array([1, 2], np.int64), np.ones((2, 3), np.float32)
+    change = Replicated(1, 1, "t", 1, "rows", 1.0, (), {"now": 5.0}, None, None,
+                        (ids, updates), (TensorMeta.of("ids", ids), TensorMeta.of("updates",
+                                                                                  updates)))
+    got = decode_stream([bytes(memoryview(f)) for f in encode_change(change)])
+    assert isinstance(got, Replicated) and got.row_arrays()["ids"].tolist() == [1, 2]
+    wrong = Replicated(1, 1, "t", 1, "rows", 1.0, (), {}, None, None, (updates, ids),
+                       (TensorMeta.of("updates", updates), TensorMeta.of("ids", ids)))
+    with pytest.raises(DecodeError):
+        decode_stream(encode_change(wrong))
+    assert zmq  # (imported for the raw dealer's context)
