@@ -222,3 +222,16 @@ def test_splitting_and_merging_loses_duplicates_or_reorders_nothing(raw: list[in
     summed = split.summed(updates)
     counts = {v: raw.count(v) for v in set(raw)}
     assert summed[:, 0].tolist() == [counts[v] for v in split.unique.tolist()]
+
+
+def test_ctr_data_is_deterministic_and_auc_matches_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from zps.jobs.ctrdata import auc, make_ctr
+
+    a, b = make_ctr(train=2000, test=500, seed=3), make_ctr(train=2000, test=500, seed=3)
+    np.testing.assert_array_equal(a.train_ids, b.train_ids)
+    assert a.train_ids.dtype == np.int64 and a.train_ids.shape == (2000, 26)
+    assert 0.1 < a.train_labels.mean() < 0.4
+    scores = np.round(a.test_logits, 1)  # with ties
+    assert auc(a.test_labels, scores) == pytest.approx(roc_auc_score(a.test_labels, scores))

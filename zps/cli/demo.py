@@ -22,6 +22,7 @@ from zps.cli.cluster import LocalCluster
 from zps.errors import ZpsError
 
 ACCURACY_BAR = 0.95
+CTR_GAP = 0.03  # the ctr job passes within this much of the generating model's AUC
 
 
 def plot_losses(results: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -48,12 +49,57 @@ def plot_losses(results: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def total_rounds(workers: int, epochs: int, batch_size: int = 32) -> int:
-    """Rounds the digits jobs run (every worker runs as many steps as the largest shard)."""
-    from zps.jobs.data import load_digits
+def total_rounds(workers: int, epochs: int, job: str = "digits-mlp") -> int:
+    """Rounds the built-in jobs run (every worker runs as many steps as the largest shard)."""
+    if job == "ctr":
+        from zps.jobs.ctrdata import TRAIN
 
-    per_worker = math.ceil(len(load_digits().x_train) / workers)
-    return epochs * math.ceil(per_worker / batch_size)
+        examples, batch_size = TRAIN, 4096
+    else:
+        from zps.jobs.data import load_digits
+
+        examples, batch_size = len(load_digits().x_train), 32
+    return epochs * math.ceil(math.ceil(examples / workers) / batch_size)
+
+
+def plot_auc(results: list[dict[str, Any]], path: Path, title: str, best: float) -> None:
+    """Write a PNG of each worker's test AUC against wall time, and the best achievable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for result in results:
+        points = result["timeline"]
+        ax.plot([p["seconds"] for p in points], [p["test_auc"] for p in points],
+                marker=".", label=f"worker {result['worker']}")
+    ax.axhline(best, color="gray", linestyle="--", label="generating model")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("test AUC")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def report_ctr(results: list[dict[str, Any]], out: Path, title: str, seconds: float) -> int:
+    """Print the ctr job's test AUC against the generating model's; exit status."""
+    got = float(np.mean([r["test_auc"] for r in results]))
+    best = float(results[0]["best_auc"])
+    loss = float(np.mean([r["test_log_loss"] for r in results]))
+    plot = out / "auc.png"
+    plot_auc(results, plot, title, best)
+    print(f"\nfinal test AUC: {got:.4f} (the generating model: {best:.4f}; log loss {loss:.4f}; "
+          f"{results[0]['steps']} steps per worker, {seconds:.1f} s in all)")
+    print(f"AUC curve: {plot}")
+    if got < best - CTR_GAP:
+        print(f"zps-demo: AUC {got:.4f} is more than {CTR_GAP} below the generating model's",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def kill_halfway(cluster: LocalCluster, out: Path, rounds: int) -> None:
@@ -116,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow", type=float, default=0.0,
                         help="make worker 0 a straggler: extra seconds per step")
     parser.add_argument("--job", default="digits-mlp")
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="passes over each worker's shard (100 for digits, 2 for ctr)")
     parser.add_argument("--out", default="out/demo", help="folder for logs, results, plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-standby", action="store_true",
@@ -125,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="SIGKILL the first primary halfway through training: its standby "
                              "takes over and the workers carry on")
     args = parser.parse_args(joined_values(sys.argv[1:] if argv is None else argv))
+    if args.epochs is None:
+        args.epochs = 2 if args.job == "ctr" else 100
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -154,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             print("hot standbys on " + ", ".join(cluster.standby_addresses), flush=True)
         for index in range(args.workers):
             extra = ["--quiet"] if args.quiet else []
+            if args.job == "ctr":
+                extra += ["--eval-every", "10"]
             if index == 0 and args.slow:
                 extra += ["--slow", str(args.slow)]
             cluster.start_worker([
@@ -163,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 *args.worker_args.split(),
             ])
         if args.failover:
-            kill_halfway(cluster, out, total_rounds(args.workers, args.epochs))
+            kill_halfway(cluster, out, total_rounds(args.workers, args.epochs, args.job))
         codes = cluster.wait_workers(timeout=600)
     if any(codes):
         print(f"zps-demo: error: worker exit codes {codes}; see {out}/server*.log",
@@ -174,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                     if "promoted" in line]
         print("standby0 log: " + (promoted[0] if promoted else "no takeover logged"))
     results = [json.loads((out / f"worker{i}.json").read_text()) for i in range(args.workers)]
+    title = f"zps demo: {args.job}, {args.workers} workers, {args.mode}"
+    if args.job == "ctr":
+        return report_ctr(results, out, title, time.perf_counter() - start)
     acc = float(np.mean([r["test_accuracy"] for r in results]))
     plot = out / "loss.png"
-    plot_losses(results, plot, f"zps demo: {args.job}, {args.workers} workers, {args.mode}")
+    plot_losses(results, plot, title)
     steps = results[0]["steps"]
     print(f"\nfinal test accuracy: {acc:.4f} (held-out split, {steps} steps per worker, "
           f"{time.perf_counter() - start:.1f} s in all)")

@@ -112,8 +112,9 @@ def parse(
             parser.add_argument(f"--{opt.name}", dest=opt.dest, action="store_const",
                                 const="true", default=None, help=f"{text} [{opt.default}]")
             continue
+        shown = "" if opt.default is None else f" [{opt.default}]"
         parser.add_argument(f"--{opt.name}", dest=opt.dest, default=None,
-                            choices=opt.choices, help=f"{text} [{opt.default}]",
+                            choices=opt.choices, help=f"{text}{shown}",
                             metavar=opt.dest.upper() if not opt.choices else None)
     args = parser.parse_args(argv)
     file_values = _read_toml(args.config or environ.get("ZPS_CONFIG"), options)

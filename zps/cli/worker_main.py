@@ -35,9 +35,11 @@ OPTIONS = (
            "digits-mlp, digits-softmax, or package.module:function"),
     Option("worker-index", int, 0, "this worker's shard index, 0..num-workers-1"),
     Option("num-workers", positive_int, 1, "how many workers share the training data"),
-    Option("epochs", positive_int, 30, "passes over this worker's shard"),
-    Option("batch-size", positive_int, 32, "examples per step"),
-    Option("lr", positive_float, 0.5, "learning rate of the built-in jobs"),
+    Option("epochs", positive_int, None,
+           "passes over this worker's shard (default: 30 for digits, 2 for ctr)"),
+    Option("batch-size", positive_int, None, "examples per step (default: 32; ctr 4096)"),
+    Option("lr", positive_float, None,
+           "learning rate of the built-in jobs (default: 0.5; ctr: FTRL's 0.1)"),
     Option("seed", int, 0, "seed for data split and initial parameters (same on all workers)"),
     Option("slow", non_negative_float, 0.0,
            "extra seconds per step, to play a straggler in demos and benchmarks"),
@@ -68,6 +70,13 @@ OPTIONS = (
     Option("log-level", str, "warning", "logging level",
            choices=("debug", "info", "warning", "error")),
 )
+
+
+def job_defaults(job: str) -> dict[str, Any]:
+    """Epochs, batch size and learning rate a built-in job trains with unless told."""
+    if job == "ctr":
+        return {"epochs": 2, "batch_size": 4096, "lr": 0.1}
+    return {"epochs": 30, "batch_size": 32, "lr": 0.5}
 
 
 def load_config(
@@ -101,9 +110,8 @@ def load_config(
         eval_every=max(0, v["eval_every"]),
         worker_index=v["worker_index"],
         num_workers=v["num_workers"],
-        epochs=v["epochs"],
-        batch_size=v["batch_size"],
-        lr=v["lr"],
+        **{key: v[key] if v[key] is not None else value
+           for key, value in job_defaults(v["job"]).items()},
         seed=v["seed"],
         progress=not v["quiet"],
     )

@@ -104,9 +104,16 @@ def _digits_job(model_name: str) -> Job:
     return lambda ps, ctx: train_digits(ps, ctx, MODELS[model_name])
 
 
+def _ctr_job(ps: Any, ctx: JobContext) -> dict[str, Any]:
+    from zps.jobs.ctr import train_ctr
+
+    return train_ctr(ps, ctx)
+
+
 BUILTIN_JOBS: dict[str, Job] = {
     "digits-mlp": _digits_job("mlp"),
     "digits-softmax": _digits_job("softmax"),
+    "ctr": _ctr_job,
 }
 
 
