@@ -146,12 +146,13 @@ class RowTable:
     def read(self, ids: np.ndarray) -> np.ndarray:
         """The rows of ``ids`` (initial values for rows not stored): (n, dim), new."""
         slots = self.index.lookup(ids)
-        out = np.empty((ids.size, self.spec.dim), self.dtype)
         stored = slots >= 0
+        if stored.all():  # the common case: one gather
+            return np.take(self.values, slots, axis=0)
+        out = np.empty((ids.size, self.spec.dim), self.dtype)
         out[stored] = self.values[slots[stored]]
-        if not stored.all():
-            out[~stored] = initial_rows(self.spec.init, self.seed, ids[~stored],
-                                        self.spec.dim, self.dtype)
+        out[~stored] = initial_rows(self.spec.init, self.seed, ids[~stored], self.spec.dim,
+                                    self.dtype)
         return out
 
     # ------------------------------------------------------------ writing
