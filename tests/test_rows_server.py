@@ -199,3 +199,56 @@ def test_row_ids_frames_are_validated_on_the_stream_too() -> None:
     with pytest.raises(DecodeError):
         decode_stream(encode_change(wrong))
     assert zmq  # (imported for the raw dealer's context)
+
+
+def _push_rows_until(address: str, standby: str, worker: int, steps: int,
+                     acked: list[int], errors: list[BaseException]) -> None:
+    """A worker adding 1 to the rows of its own ids (and a shared one) every step."""
+    try:
+        with zps.Client([address], standbys=[standby], timeout=5.0) as ps:
+            ps.init_rows("k", dim=2, init="zeros")
+            ids = np.array([-1, 1000 * worker + 1, 1000 * worker + 2, 2**62], np.int64)
+            for _ in range(steps):
+                ps.push_rows("k", ids, np.ones((4, 2), np.float32))
+                acked[worker] += 1
+    except BaseException as exc:  # reported by the test thread
+        errors.append(exc)
+
+
+def test_sigkill_the_primary_mid_stream_loses_no_row_update(tmp_path: Path) -> None:
+    from zps.cli.cluster import LocalCluster
+
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(1, ["--mode", "async", "--replication", "sync"])
+        cluster.start_standbys(["--mode", "async"])
+        primary, standby = cluster.addresses[0], cluster.standby_addresses[0]
+        with zps.Client([primary], role="observer", heartbeat_interval=0) as probe:
+            wait_for(lambda: probe.stats()[0]["replica"]["standby"], what="the standby")
+        steps, acked, errors = 200, [0, 0], []
+        threads = [threading.Thread(target=_push_rows_until, args=(
+            primary, standby, w, steps, acked, errors)) for w in range(2)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sum(acked) >= 120 or errors, what="pushes before the kill")
+        cluster.kill_server(0)
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors and acked == [steps, steps], errors
+        with zps.Client([standby], role="observer") as ps:
+            got = ps.pull_rows("k", np.array([-1, 1, 2, 1001, 1002, 2**62], np.int64))
+        np.testing.assert_array_equal(got[:, 0], [400, 200, 200, 200, 200, 400])
+
+
+@pytest.mark.parametrize("codec", ["fp16", "int8"])
+def test_row_updates_travel_compressed(start_server, codec: str) -> None:
+    server = start_server(mode="async")
+    updates = np.random.default_rng(2).standard_normal((500, 32)).astype(np.float32)
+    ids = np.arange(500, dtype=np.int64) * 7919 - 10**6
+    with zps.Client([server.address], codec=codec) as ps:
+        ps.init_rows("z", dim=32, init="zeros")
+        ps.push_rows("z", ids, updates)
+        got = ps.pull_rows("z", ids)
+        table = next(t for t in ps.stats()[0]["tables"] if t["name"] == "z")
+    bound = 1e-3 if codec == "fp16" else np.abs(updates).max() / 127 * 1.01
+    assert np.abs(got - updates).max() <= bound
+    assert table["compression"] > 1.5  # fewer bytes than the float32 rows

@@ -15,19 +15,25 @@ import numpy as np
 from zps.client.calls import Call
 from zps.client.plans import Message
 from zps.client.rowplace import RowBatch, batch
+from zps.codecs import Codec
 from zps.errors import ConfigError, ShapeMismatchError, UnknownTableError
-from zps.protocol import Op, TensorMeta
+from zps.protocol import EncodedMeta, Op, TensorMeta
 from zps.store.errors import BadRowSpec
 from zps.store.rows import RowSpec, parse_row_spec
+
+ROW_CODECS = ("fp16", "int8")
 
 
 class RowCalls:
     """What a client knows about row tables (their settings), and their calls."""
 
-    def __init__(self, servers: int, chunk_bytes: int) -> None:
+    def __init__(self, servers: int, chunk_bytes: int, codec: Codec | None = None) -> None:
         self.servers = servers
         self.chunk_bytes = chunk_bytes
         self.specs: dict[str, RowSpec] = {}
+        # Row updates travel through the push codec when it is fp16 or int8 (without
+        # error feedback: there is no residual per id); other codecs send them raw.
+        self.codec = codec if codec is not None and codec.name in ROW_CODECS else None
 
     def init(self, name: str, settings: dict[str, Any]) -> Call:
         """``init_rows`` on every server (each holds its shard of the table)."""
@@ -84,15 +90,26 @@ class RowCalls:
         for s, (part, index, wanted) in enumerate(zip(_parts(split), split.parts,
                                                       _parts(pulled), strict=True)):
             chunk = np.ascontiguousarray(summed[index])
-            tensors = [_meta("ids", part), TensorMeta.of("updates", chunk)]
-            buffers = [part, chunk]
+            tensors = [_meta("ids", part)]
+            buffers: list[Any] = [part]
+            packed: tuple[EncodedMeta, ...] = ()
+            if self.codec is None:
+                tensors.append(TensorMeta.of("updates", chunk))
+                buffers.append(chunk)
             if pull:
                 tensors.append(_meta("pull", wanted))
                 buffers.append(wanted)
+            if self.codec is not None:
+                encoded = self.codec.encode(np, chunk)
+                packed = (EncodedMeta("updates", encoded.codec, encoded.params, encoded.dtype,
+                                      encoded.shape, tuple((str(p.dtype), int(p.nbytes))
+                                                           for p in encoded.parts)),)
+                buffers.extend(encoded.parts)
             extra = dict(options) if first else {k: v for k, v in options.items()
                                                  if k != "loss"}  # one loss report a push
             first = False
-            messages.append(Message(s, op, (), tuple(tensors), tuple(buffers), (name,), extra))
+            messages.append(Message(s, op, (), tuple(tensors), tuple(buffers), (name,), extra,
+                                    packed))
         if not pull:
             return Call(op, messages, finish=lambda call: None)
         return Call(op, messages, finish=lambda call: _merged(call, pulled, spec))

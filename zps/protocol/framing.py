@@ -41,6 +41,7 @@ from zps.protocol.messages import (
     ROW_OPS,
     ROW_TENSOR_DTYPES,
     TENSOR_OPS,
+    EncodedMeta,
     Op,
     Reply,
     Request,
@@ -134,13 +135,13 @@ def _build_request(header: dict[Any, Any], buffers: Sequence[Any], limits: Limit
     options = header.get("o", {})
     if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
         raise DecodeError("bad_header", "options 'o' must be a map with string keys")
-    if encoded and op not in (Op.PUSH, Op.PUSH_PULL):
+    if encoded and op not in (Op.PUSH, Op.PUSH_PULL, Op.PUSH_ROWS, Op.PUSH_PULL_ROWS):
         raise DecodeError("bad_header", f"{op} carries no compressed tensors")
     all_names = [m.name for m in tensors] + [m.name for m in encoded]
     if len(set(all_names)) != len(all_names):
         raise DecodeError("bad_header", "a table name appears twice in one message")
     if op in ROW_OPS:
-        _check_row_frames(op, tensors, names)
+        _check_row_frames(op, tensors, encoded, names)
     else:
         _check_op_shape(op, bool(tensors or encoded), bool(names))
     check_frames(frame_sizes(tensors, encoded), buffers)
@@ -167,11 +168,15 @@ def _field_names(header: dict[Any, Any], limits: Limits) -> tuple[str, ...]:
     return names
 
 
-def _check_row_frames(op: Op, tensors: tuple[TensorMeta, ...], names: tuple[str, ...]) -> None:
+def _check_row_frames(op: Op, tensors: tuple[TensorMeta, ...], encoded: tuple[EncodedMeta, ...],
+                      names: tuple[str, ...]) -> None:
     """A row op names one table and carries exactly the frames of its op: ``ids`` and
-    ``pull`` 1-D int64, ``updates`` 2-D float with a row per id."""
+    ``pull`` 1-D int64, ``updates`` 2-D float with a row per id (dense, or compressed)."""
     wanted = ROW_FRAMES[op]
-    if len(names) != 1 or tuple(m.name for m in tensors) != wanted:
+    dense = tuple(m.name for m in tensors)
+    packed = tuple(m.name for m in encoded)
+    if packed not in ((), ("updates",)) or len(names) != 1 or \
+            tuple(n for n in wanted if n not in packed) != dense:
         raise DecodeError("bad_header", f"{op} names one table in 'n' and carries the frames "
                                         f"{list(wanted)} in this order")
     for meta in tensors:
@@ -182,6 +187,9 @@ def _check_row_frames(op: Op, tensors: tuple[TensorMeta, ...], names: tuple[str,
                         or meta.shape[0] != tensors[0].shape[0]):
             raise DecodeError("bad_shape", f"{op} updates must be a float array of one row "
                                            "per id")
+    for packed_meta in encoded:
+        if len(packed_meta.shape) != 2 or packed_meta.shape[0] != tensors[0].shape[0]:
+            raise DecodeError("bad_shape", f"{op} updates must be one row per id")
 
 
 def _check_op_shape(op: Op, has_tensors: bool, has_names: bool) -> None:

@@ -102,7 +102,16 @@ class Pushes:
         name = request.names[0]
         table = self.state.store.rows(name)
         arrays = request.arrays()
-        ids, updates = arrays["ids"], arrays["updates"]
+        ids = arrays["ids"]
+        packed = request.encoded_parts().get("updates")
+        if packed is not None:  # fp16 or int8 rows: checked completely, then decoded
+            meta, parts = packed
+            codec = codec_for(meta.codec)
+            encoded = Encoded(meta.codec, meta.shape, meta.dtype, parts, meta.params)
+            check_parts(codec, encoded)
+            updates = Compressed(codec, encoded).dense()
+        else:
+            updates = arrays["updates"]
         if updates.shape[1] != table.spec.dim:
             raise BadIds(f"row updates of {name!r} have {updates.shape[1]} columns, the "
                          f"table {table.spec.dim}")
@@ -154,7 +163,7 @@ class Pushes:
             total += meta.nbytes
         for encoded in request.encoded:
             wire = sum(n for _, n in encoded.parts)
-            traffic = state.traffic_of(encoded.name)
+            traffic = state.traffic_of(rows or encoded.name)
             traffic.wire_in += wire
             traffic.dense_in += math.prod(encoded.shape) * np.dtype(encoded.dtype).itemsize
             total += wire
