@@ -252,3 +252,66 @@ def test_row_updates_travel_compressed(start_server, codec: str) -> None:
     bound = 1e-3 if codec == "fp16" else np.abs(updates).max() / 127 * 1.01
     assert np.abs(got - updates).max() <= bound
     assert table["compression"] > 1.5  # fewer bytes than the float32 rows
+
+
+def test_tables_lists_every_table_of_every_server(start_server) -> None:
+    """Regression (review): tables() asked only the first server."""
+    servers = [start_server(mode="async").address, start_server(mode="async").address]
+    with zps.Client(servers, chunk_bytes=1 << 12) as ps:
+        ps.init({"x": np.zeros(3), "y": np.zeros(4), "big": np.zeros((5000, 4), np.float32)})
+        ps.init_rows("r", dim=1, init="zeros")
+        ps.push_rows("r", np.arange(1000), np.ones((1000, 1)))
+    with zps.Client(servers, role="observer") as other:  # knows nothing but the servers
+        tables = {t["name"]: t for t in other.tables()}
+    assert set(tables) == {"x", "y", "big", "r"}
+    assert tables["big"]["shape"] == [5000, 4] and tables["r"]["rows"] == 1000
+
+
+def test_big_row_batches_are_pulled_in_pieces_and_oversized_pushes_refused(
+        start_server) -> None:
+    """Regression (review): row calls were never size-checked or split, so a push over the
+    server's limit was dropped without a reply and ended as ServerUnreachable after 90 s,
+    and one huge pull built its whole reply in one turn of the server's loop."""
+    from zps.protocol import Limits
+
+    server = start_server(mode="async", limits=Limits(max_message_bytes=1 << 20))
+    with zps.Client([server.address], chunk_bytes=1 << 16, timeout=5) as ps:
+        ps.init_rows("b", dim=8, init="zeros")
+        ids = np.arange(-20_000, 20_000, dtype=np.int64)  # 1.28 MB of rows
+        ps.push_rows("b", ids[:10_000], np.ones((10_000, 8)))  # 320 KB: fits
+        got = ps.pull_rows("b", ids)  # in pieces of 64 KiB
+        assert got.shape == (40_000, 8) and got.sum() == 10_000 * 8
+        got = ps.push_pull_rows("b", [5], np.ones((1, 8)), pull_ids=ids)
+        assert got.sum() == 10_000 * 8 + 8
+        with pytest.raises(zps.RejectedError, match="limit"):
+            ps.push_rows("b", ids, np.ones((40_000, 8)))
+
+
+def test_a_big_sync_round_of_rows_reaches_the_standby_in_pieces(start_server) -> None:
+    """Regression (review): a sync round's row update (the union of every worker's rows)
+    went out as one change larger than the standby accepts, and it read a fresh snapshot
+    every round."""
+    from zps.protocol import Limits
+
+    limits = Limits(max_message_bytes=1 << 20)
+    primary = start_server(mode="sync", workers=2, limits=limits, replication="async")
+    standby = start_server(mode="sync", workers=2, limits=limits, standby_of=primary.address)
+    wait_for(lambda: primary.run(lambda: primary.server.core.replica.standby is not None),
+             what="the standby")
+
+    def work(index: int) -> None:
+        with zps.Client([primary.address], client_id=f"w{index}", chunk_bytes=1 << 18) as ps:
+            ps.init_rows("big", dim=16, init="zeros")
+            for _ in range(3):
+                ids = np.arange(10_000, dtype=np.int64) + index * 10_000  # 640 KB each
+                ps.push_rows("big", ids, np.ones((10_000, 16), np.float32))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    wait_for(lambda: rows_state(standby) == rows_state(primary), what="the standby")
+    resyncs = standby.run(lambda: standby.server.core.replication_info()["resyncs"])
+    assert resyncs == 1  # its first snapshot only
+    assert standby.run(lambda: standby.server.core.rounds.bsp.closed("big")) == 3

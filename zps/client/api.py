@@ -134,16 +134,39 @@ class ClientBase:
         return name in self._engine.rows.specs
 
     def _tables_call(self) -> Call:
-        """``tables`` from the first server: every table's kind and shape, row settings."""
+        """``tables`` from every server, merged: a dense table split in row ranges is one
+        entry (its rows summed), a row table's counts are summed over its shards."""
         engine = self._engine
 
         def finish(call: Call) -> list[dict[str, Any]]:
-            tables = call.infos()[0].get("tables", [])
+            tables = merge_tables([info.get("tables", []) for info in call.infos()])
             engine.rows.learn(tables)
-            return list(tables)
-        return Call(Op.TABLES, [Message(0, Op.TABLES, ())], finish=finish)
+            return tables
+        messages = [Message(i, Op.TABLES, ()) for i in range(len(engine.servers))]
+        return Call(Op.TABLES, messages, finish=finish)
 
     def _bye_call(self) -> Call:
         messages = [Message(i, Op.BYE, ()) for i in range(len(self._engine.servers))]
         return Call(Op.BYE, messages, timeout=BYE_TIMEOUT, attempts=1,
                     finish=lambda call: None)
+
+
+SUMMED = ("rows", "bytes", "admitted", "evicted", "pending")
+
+
+def merge_tables(per_server: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One entry per logical table from what each server holds."""
+    merged: dict[str, dict[str, Any]] = {}
+    for entries in per_server:
+        for entry in entries:
+            name = str(entry.get("name", "")).split("[", 1)[0]  # "w[0:500]" is part of "w"
+            known = merged.get(name)
+            if known is None:
+                merged[name] = {**entry, "name": name}
+            elif entry.get("kind") == "rows":
+                for key in SUMMED:
+                    known[key] = known.get(key, 0) + entry.get(key, 0)
+            else:
+                known["shape"] = [known["shape"][0] + entry["shape"][0], *known["shape"][1:]]
+                known["version"] = max(known.get("version", 0), entry.get("version", 0))
+    return list(merged.values())

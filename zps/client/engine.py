@@ -78,7 +78,8 @@ class Engine:
         self.server_ids: list[str | None] = [None] * shards
         self.hello: list[dict[str, Any]] = [{} for _ in range(shards)]
         self.planner = Planner(self.config, shards)
-        self.rows = RowCalls(shards, self.config.chunk_bytes, self.planner.codec)
+        self.rows = RowCalls(shards, self.config.chunk_bytes, self.planner.codec,
+                             self.planner.limits)
         pull = self.planner.pull_codec
         self.held = HeldCopies(pull, self.config) if pull is not None else None
         self.closed = False

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from zps.client.calls import Call
-from zps.client.plans import Message
+from zps.client.plans import HEADER_ALLOWANCE, Message
 from zps.client.rowplace import RowBatch, batch
 from zps.codecs import Codec
-from zps.errors import ConfigError, ShapeMismatchError, UnknownTableError
+from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
 from zps.protocol import EncodedMeta, Op, TensorMeta
 from zps.store.errors import BadRowSpec
 from zps.store.rows import RowSpec, parse_row_spec
@@ -27,9 +27,11 @@ ROW_CODECS = ("fp16", "int8")
 class RowCalls:
     """What a client knows about row tables (their settings), and their calls."""
 
-    def __init__(self, servers: int, chunk_bytes: int, codec: Codec | None = None) -> None:
+    def __init__(self, servers: int, chunk_bytes: int, codec: Codec | None = None,
+                 limits: list[int | None] | None = None) -> None:
         self.servers = servers
         self.chunk_bytes = chunk_bytes
+        self.limits = limits if limits is not None else []  # each server's message limit
         self.specs: dict[str, RowSpec] = {}
         # Row updates travel through the push codec when it is fp16 or int8 (without
         # error feedback: there is no residual per id); other codecs send them raw.
@@ -67,9 +69,18 @@ class RowCalls:
     def pull(self, name: str, ids: Any) -> Call:
         spec = self.spec(name)
         split = batch(_ids(name, ids), self.servers)
-        messages = [Message(s, Op.PULL_ROWS, (), (_meta("ids", part),), (part,), (name,))
-                    for s, part in enumerate(_parts(split))]
-        return Call(Op.PULL_ROWS, messages, finish=lambda call: _merged(call, split, spec))
+        messages = self._pull_pieces(name, spec, _parts(split), Op.PULL_ROWS, "ids")
+        return Call(Op.PULL_ROWS, messages,
+                    finish=lambda call: _merged(call, split, spec, self.servers))
+
+    def _pull_pieces(self, name: str, spec: RowSpec, parts: list[np.ndarray], op: Op,
+                     frame: str) -> list[Message]:
+        """Pulls of each server's ids, in pieces whose replies stay under ``chunk_bytes``
+        (a reply is built in one go on the server: a bound keeps every turn short)."""
+        per_piece = max(1, self.chunk_bytes // (spec.dim * np.dtype(spec.dtype).itemsize))
+        return [Message(s, op, (), (_meta(frame, piece),), (piece,), (name,))
+                for s, part in enumerate(parts)
+                for piece in (np.array_split(part, max(1, -(-part.size // per_piece))))]
 
     def push(self, name: str, ids: Any, updates: Any, pull_ids: Any | None,
              options: dict[str, Any], pull: bool) -> Call:
@@ -84,39 +95,65 @@ class RowCalls:
         split = batch(ids, self.servers)
         summed = split.summed(rows)
         pulled = batch(_ids(name, pull_ids), self.servers) if pull_ids is not None else split
-        op = Op.PUSH_PULL_ROWS if pull else Op.PUSH_ROWS
+        wanted = _parts(pulled)
+        row_bytes = spec.dim * np.dtype(spec.dtype).itemsize
+        # The pull half rides along when it is small; else it follows as pulls in pieces
+        # (on the same sockets, so after the push, and waiting for its round like it).
+        along = pull and max(p.size for p in wanted) * row_bytes <= self.chunk_bytes
+        op = Op.PUSH_PULL_ROWS if along else Op.PUSH_ROWS
         messages = []
-        first = True
-        for s, (part, index, wanted) in enumerate(zip(_parts(split), split.parts,
-                                                      _parts(pulled), strict=True)):
-            chunk = np.ascontiguousarray(summed[index])
-            tensors = [_meta("ids", part)]
-            buffers: list[Any] = [part]
-            packed: tuple[EncodedMeta, ...] = ()
-            if self.codec is None:
-                tensors.append(TensorMeta.of("updates", chunk))
-                buffers.append(chunk)
-            if pull:
-                tensors.append(_meta("pull", wanted))
-                buffers.append(wanted)
-            if self.codec is not None:
-                encoded = self.codec.encode(np, chunk)
-                packed = (EncodedMeta("updates", encoded.codec, encoded.params, encoded.dtype,
-                                      encoded.shape, tuple((str(p.dtype), int(p.nbytes))
-                                                           for p in encoded.parts)),)
-                buffers.extend(encoded.parts)
-            extra = dict(options) if first else {k: v for k, v in options.items()
-                                                 if k != "loss"}  # one loss report a push
-            first = False
-            messages.append(Message(s, op, (), tuple(tensors), tuple(buffers), (name,), extra,
-                                    packed))
+        for s, (part, index) in enumerate(zip(_parts(split), split.parts, strict=True)):
+            extra = dict(options) if s == 0 else {k: v for k, v in options.items()
+                                                  if k != "loss"}  # one loss report a push
+            message = self._push_message(s, op, name, part, summed[index],
+                                         wanted[s] if along else None, extra)
+            self._check_size(name, message)
+            messages.append(message)
+        if pull and not along:
+            messages += self._pull_pieces(name, spec, wanted, Op.PULL_ROWS, "ids")
         if not pull:
             return Call(op, messages, finish=lambda call: None)
-        return Call(op, messages, finish=lambda call: _merged(call, pulled, spec))
+        pushes = len(split.parts)
+        return Call(op, messages, finish=lambda call: _merged(
+            call, pulled, spec, self.servers, skip=0 if along else pushes))
+
+    def _push_message(self, server: int, op: Op, name: str, ids: np.ndarray,
+                      updates: np.ndarray, pull: np.ndarray | None,
+                      options: dict[str, Any]) -> Message:
+        chunk = np.ascontiguousarray(updates)
+        tensors = [_meta("ids", ids)]
+        buffers: list[Any] = [ids]
+        packed: tuple[EncodedMeta, ...] = ()
+        if self.codec is None:
+            tensors.append(TensorMeta.of("updates", chunk))
+            buffers.append(chunk)
+        if pull is not None:
+            tensors.append(_meta("pull", pull))
+            buffers.append(pull)
+        if self.codec is not None:
+            encoded = self.codec.encode(np, chunk)
+            packed = (EncodedMeta("updates", encoded.codec, encoded.params, encoded.dtype,
+                                  encoded.shape, tuple((str(p.dtype), int(p.nbytes))
+                                                       for p in encoded.parts)),)
+            buffers.extend(encoded.parts)
+        return Message(server, op, (), tuple(tensors), tuple(buffers), (name,), options, packed)
+
+    def _check_size(self, name: str, message: Message) -> None:
+        """A push's part for one server travels as one message (it is one contribution to
+        a sync round): refuse it before sending when that server would not take it."""
+        limit = self.limits[message.server] if message.server < len(self.limits) else None
+        size = sum(int(b.nbytes) for b in message.buffers)
+        if limit is not None and size + HEADER_ALLOWANCE > limit:
+            raise RejectedError(
+                "too_large", f"the push of {name!r} rows to server {message.server} takes "
+                f"{size} bytes, more than its limit of {limit}; push smaller batches or raise "
+                "the server's --max-message-bytes")
 
 
 def _ids(name: str, ids: Any) -> np.ndarray:
     array = np.asarray(ids)
+    if array.size == 0:
+        return array.astype(np.int64)  # (an empty list reads as float64)
     if array.dtype.kind not in "iu" or (array.dtype.kind == "u" and array.size
                                          and int(array.max()) > 2**63 - 1):
         raise ShapeMismatchError("bad_dtype", f"row ids of {name!r} must be integers "
@@ -132,12 +169,18 @@ def _meta(name: str, ids: np.ndarray) -> TensorMeta:
     return TensorMeta(name, "int64", ids.shape, int(ids.nbytes))
 
 
-def _merged(call: Call, split: RowBatch, spec: RowSpec) -> np.ndarray:
-    rows = []
-    for reply, part in zip(call.replies, split.parts, strict=True):
-        got = reply.arrays().get("rows") if reply is not None else None
-        if got is None or got.shape != (part.size, spec.dim):
+def _merged(call: Call, split: RowBatch, spec: RowSpec, servers: int,
+            skip: int = 0) -> np.ndarray:
+    """The rows of the replies (after the first ``skip``: pushes), server by server, in
+    the order the pieces were asked for, back into the shape of the ids."""
+    got: list[list[np.ndarray]] = [[] for _ in range(servers)]
+    for message, reply in list(zip(call.messages, call.replies, strict=True))[skip:]:
+        rows = reply.arrays().get("rows") if reply is not None else None
+        frame = "ids" if message.op == Op.PULL_ROWS else "pull"
+        asked = next(m.shape[0] for m in message.tensors if m.name == frame)
+        if rows is None or rows.shape != (asked, spec.dim):
             raise ShapeMismatchError("bad_shape", "a server sent rows that do not match the "
                                                   "ids asked for")
-        rows.append(got)
-    return split.merged(rows, spec.dim, np.dtype(spec.dtype))
+        got[message.server].append(rows)
+    per_server = [np.concatenate(rows) if len(rows) != 1 else rows[0] for rows in got]
+    return split.merged(per_server, spec.dim, np.dtype(spec.dtype))

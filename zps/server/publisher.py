@@ -76,7 +76,8 @@ def _wire_change(change: Change, epoch: int, meta: dict[str, Any]) -> Replicated
             [("ids", given.ids), ("updates", np.ascontiguousarray(given.updates))]
         if change.kind == "create_rows":
             frames = []
-        meta = {**meta, "now": given.now} if change.kind == "rows" else meta
+        if change.kind == "rows":
+            meta = {**meta, **(change.meta or {}), "now": given.now}
         return Replicated(change.seq, epoch, change.table, change.version, change.kind,
                           change.given_scale, change.requests, meta, None, None,
                           tuple(a for _, a in frames),

@@ -106,6 +106,9 @@ class Pushes:
         packed = request.encoded_parts().get("updates")
         if packed is not None:  # fp16 or int8 rows: checked completely, then decoded
             meta, parts = packed
+            if meta.shape[1] != table.spec.dim or meta.dtype != table.spec.dtype:
+                raise BadIds(f"row updates of {name!r} must be {table.spec.dtype} rows of "
+                             f"{table.spec.dim}, got {meta.dtype} rows of {meta.shape[1]}")
             codec = codec_for(meta.codec)
             encoded = Encoded(meta.codec, meta.shape, meta.dtype, parts, meta.params)
             check_parts(codec, encoded)

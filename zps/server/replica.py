@@ -258,7 +258,7 @@ class Replica:
         state.store.apply_rows(change.table, arrays["ids"], arrays["updates"], change.scale,
                                change.requests, float(now) if isinstance(now, int | float)
                                else 0.0)
-        if state.sync:
+        if state.sync and not change.meta.get("more"):  # the last piece closes the round
             self.rounds.reset(change.table, self.rounds.bsp.closed(change.table) + 1)
 
     def _adopt_layout(self, layout: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ DROPPED = ("not_registered", "this worker was declared dead while its push waite
                              "later round; the push was not applied: register again and "
                              "send it again")
 FOLDED_RULES = ("mean", "weighted")
+ROW_PIECE = 4 << 20  # bytes of row updates per numbered change (and stream message)
 
 
 @dataclass(slots=True, eq=False)
@@ -150,9 +152,7 @@ class SyncRounds:
             self._opened.pop(done.key, None)
             requests = tuple((c.client, c.request_id, c.watermark) for c in done.payloads)
             if state.store.table(done.key).kind == "rows":
-                rows = self._combine_rows(done)
-                state.store.apply_rows(done.key, rows.ids, rows.updates, 1.0, requests,
-                                       state.clock())
+                self._apply_rows(done.key, self._combine_rows(done), requests)
             else:
                 state.store.apply(done.key, self._combine(done), 1.0, requests)
             for c in done.payloads:
@@ -181,6 +181,21 @@ class SyncRounds:
                 acc.total.fill(0)  # every weight was 0: the round changes nothing
             return acc.total
         return self._robust(done.key, payloads)
+
+    def _apply_rows(self, key: str, rows: RowPayload, requests: tuple[Any, ...]) -> None:
+        """A round's row update, applied (and replicated) in pieces of at most
+        ``ROW_PIECE`` bytes: the union of every worker's rows can be far larger than one
+        message; the requests travel with the last piece."""
+        state = self.state
+        budget = min(ROW_PIECE, state.config.limits.max_message_bytes // 4)
+        per_piece = max(1, budget // max(1, rows.updates.nbytes // max(1, rows.ids.size)))
+        now = state.clock()
+        starts = list(range(0, max(1, rows.ids.size), per_piece))
+        for i, start in enumerate(starts):
+            last = i == len(starts) - 1
+            piece = slice(start, start + per_piece)
+            state.store.apply_rows(key, rows.ids[piece], rows.updates[piece], 1.0,
+                                   requests if last else (), now, more=not last)
 
     def _combine_rows(self, done: ClosedRound[Contribution]) -> RowPayload:
         """A round of row pushes: per id, the mean over the round's workers (one that did

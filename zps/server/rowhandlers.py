@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from zps.consistency.aggregate import parse_rule
+from zps.errors import ProtocolError
 from zps.protocol import Reply
 from zps.server.replies import Outgoing
 from zps.server.rounds import FOLDED_RULES
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from zps.server.handlers import Handlers
 
 log = logging.getLogger("zps.server")
+
+REPLY_ALLOWANCE = 64 << 10  # room for a reply's header
 
 
 class RowHandlers:
@@ -66,11 +69,21 @@ class RowHandlers:
                 "versions": {name: table.version}}), ()
         return self.h.answer(call, [], build)
 
+    def _check_reply(self, name: str, ids: Any) -> None:
+        """A pull's reply is built in one turn of the loop: bound it by the message size."""
+        table = self.state.store.rows(name)
+        size = ids.size * table.spec.dim * table.dtype.itemsize
+        limit = self.state.config.limits.max_message_bytes - REPLY_ALLOWANCE
+        if size > limit:
+            raise ProtocolError("too_large", f"a pull of {ids.size} rows of {name!r} would "
+                                             f"answer {size} bytes, more than {limit}; pull "
+                                             "fewer ids at a time")
+
     def pull_rows(self, call: Call) -> Outgoing | Deferred:
         request = call.request
         name = request.names[0]
-        self.state.store.rows(name)
         ids = request.arrays()["ids"]
+        self._check_reply(name, ids)
         self.state.counters["pulls"] += 1
         conditions = self.core.reads.conditions(request.client_id, [name], {})
         return self.h.answer(call, conditions,
@@ -80,6 +93,7 @@ class RowHandlers:
         request = call.request
         name = request.names[0]
         pull = request.arrays()["pull"]
+        self._check_reply(name, pull)  # (before the push is applied)
         accepted = self.core.pushes.accept(request, call.now)
         self.state.counters["pulls"] += 1
         conditions = self.core.reads.conditions(request.client_id, [name], accepted.rounds)

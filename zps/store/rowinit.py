@@ -19,7 +19,6 @@ from zps.store.errors import BadRowSpec
 from zps.store.idindex import mix64
 
 INITS = ("zeros", "normal", "uniform")
-_TWO_53 = float(1 << 53)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +29,7 @@ class RowInit:
     scale: float = 0.0
 
     def __str__(self) -> str:
-        return self.kind if self.kind == "zeros" else f"{self.kind}:{self.scale:g}"
+        return self.kind if self.kind == "zeros" else f"{self.kind}:{self.scale!r}"
 
 
 def parse_init(text: str) -> RowInit:
@@ -55,23 +54,30 @@ def table_seed(name: str) -> int:
 
 def initial_rows(init: RowInit, seed: int, ids: np.ndarray, dim: int,
                  dtype: np.dtype) -> np.ndarray:
-    """The initial rows of ``ids`` (any shape), as an array of ``ids.shape + (dim,)``."""
+    """The initial rows of ``ids`` (any shape), as an array of ``ids.shape + (dim,)``.
+
+    Each 64-bit hash gives two 24-bit uniform numbers (in float32): two uniform values, or
+    through Box-Muller two normal ones, so a row of ``dim`` values costs ``dim / 2``
+    hashes."""
     flat = np.ascontiguousarray(ids, np.int64).reshape(-1)
     if init.kind == "zeros" or not flat.size or not dim:
         return np.zeros((*np.shape(ids), dim), dtype)
-    base = mix64(flat, seed)[:, None]  # one stream per row...
+    half = (dim + 1) // 2
+    base = mix64(flat, seed)[:, None]  # one stream per row, one counter per pair of values
+    counters = np.arange(half, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15)
+    bits = mix64((base + counters).view(np.int64))
+    high = ((bits >> np.uint64(40)).astype(np.float32) + np.float32(0.5)) * _SCALE
+    low = ((bits & np.uint64(0xFFFFFF)).astype(np.float32) + np.float32(0.5)) * _SCALE
     if init.kind == "uniform":
-        values = _uniform(base, np.arange(dim, dtype=np.uint64)) * 2.0 - 1.0
-        values *= init.scale
-    else:  # Box-Muller: two uniforms per value
-        u1 = _uniform(base, np.arange(dim, dtype=np.uint64))
-        u2 = _uniform(base, np.arange(dim, 2 * dim, dtype=np.uint64))
-        values = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
-        values *= init.scale
-    return values.astype(dtype, copy=False).reshape(*np.shape(ids), dim)
+        pair = (high, low)
+        scale = np.float32(init.scale)
+        values = np.concatenate([(u * np.float32(2) - np.float32(1)) * scale for u in pair],
+                                axis=1)
+    else:  # Box-Muller: (high, low) in (0, 1) -> two independent normals
+        radius = np.sqrt(np.float32(-2) * np.log(high)) * np.float32(init.scale)
+        angle = np.float32(2 * np.pi) * low
+        values = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    return values[:, :dim].astype(dtype, copy=False).reshape(*np.shape(ids), dim)
 
 
-def _uniform(base: np.ndarray, counters: np.ndarray) -> np.ndarray:
-    """Uniform numbers in [0, 1): ...and one counter per column, mixed with it."""
-    bits = mix64((base + counters[None, :] * np.uint64(0x9E3779B97F4A7C15)).view(np.int64))
-    return (bits >> np.uint64(11)).astype(np.float64) / _TWO_53
+_SCALE = np.float32(1.0 / (1 << 24))  # 24-bit uniforms: exact in float32

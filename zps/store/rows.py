@@ -240,6 +240,9 @@ class RowTable:
         free = np.concatenate(self._free) if self._free else np.zeros(0, np.int64)
         reused, rest = free[:n], free[n:]
         self._free = [rest] if rest.size else []
+        if self._used + n - reused.size >= 2**31:
+            raise BadIds(f"row table {self.name!r} would hold more than 2**31 rows on this "
+                         "server: use more servers, or max_rows")
         grown = np.arange(self._used, self._used + n - reused.size, dtype=np.int64)
         self._used += grown.size
         self._grow(self._used)

@@ -31,7 +31,7 @@ class RowState:
     spec: dict[str, Any]  # RowSpec.to_wire()
     share: int
     version: int
-    counters: tuple[int, int, int]  # admitted, evicted, pending admission
+    counters: tuple[int, int, int, int]  # admitted, evicted, pending, counted since aging
     arrays: dict[str, np.ndarray]  # ids, values, last_push, pushes, state keys, sketch
 
     def __eq__(self, other: object) -> bool:
@@ -58,8 +58,9 @@ def row_state(table: RowTable) -> RowState:
     if table.sketch is not None:
         arrays[SKETCH] = table.sketch.counts.copy()
     pending = table.sketch.pending if table.sketch else 0
+    counted = table.sketch.counted if table.sketch else 0
     return RowState(table.name, table.spec.to_wire(), table.share, table.version,
-                    (table.admitted, table.evicted, pending), arrays)
+                    (table.admitted, table.evicted, pending, counted), arrays)
 
 
 def restore_rows(state: RowState) -> RowTable:
@@ -73,13 +74,15 @@ def restore_rows(state: RowState) -> RowTable:
         raise BadRowSpec(f"row table {state.name!r} holds arrays {list(arrays)}, its settings "
                          f"need {expected}")
     ids = arrays["ids"]
-    if ids.size and not bool((ids[1:] > ids[:-1]).all()):
-        raise BadRowSpec(f"row table {state.name!r}: its ids are not distinct and sorted")
     n = ids.size
     for key, array in arrays.items():
-        if key != SKETCH and array.shape[0] != n:
-            raise BadRowSpec(f"row table {state.name!r}: {key} has {array.shape[0]} rows, "
-                             f"not {n}")
+        wanted = _shape(key, n, spec.dim, table.sketch.counts.shape if table.sketch else ())
+        if array.shape != wanted or array.dtype.name not in dtypes_of(key, spec.dtype) \
+                or ((key == "values" or key in table.state) and array.dtype != table.dtype):
+            raise BadRowSpec(f"row table {state.name!r}: {key} is {array.dtype}"
+                             f"{list(array.shape)}, its settings need {list(wanted)}")
+    if n > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise BadRowSpec(f"row table {state.name!r}: its ids are not distinct and sorted")
     slots = table.reserve(n)
     table.values[slots] = arrays["values"]
     table.last_push[slots] = arrays["last_push"]
@@ -90,13 +93,17 @@ def restore_rows(state: RowState) -> RowTable:
         table.state[key][slots] = arrays[key]
     table.index.insert(ids, slots)
     if table.sketch is not None:
-        if arrays[SKETCH].shape != table.sketch.counts.shape:
-            raise BadRowSpec(f"row table {state.name!r}: admission sketch of another size")
         table.sketch.counts[...] = arrays[SKETCH]
-        table.sketch.pending = state.counters[2]
+        table.sketch.pending, table.sketch.counted = state.counters[2], state.counters[3]
     table.version = state.version
     table.admitted, table.evicted = state.counters[0], state.counters[1]
     return table
+
+
+def _shape(key: str, n: int, dim: int, sketch: tuple[int, ...]) -> tuple[int, ...]:
+    if key == SKETCH:
+        return sketch
+    return (n,) if key in ("ids", "last_push", "pushes") else (n, dim)
 
 
 def expected_keys(state_keys: tuple[str, ...], sketch: bool) -> list[str]:

@@ -72,7 +72,7 @@ class _RowMeta:
     spec: dict[str, Any]
     share: int
     version: int
-    counters: tuple[int, int, int]
+    counters: tuple[int, int, int, int]
     arrays: tuple[tuple[str, ArrayMeta], ...]
 
 
@@ -85,8 +85,8 @@ def _parse_rows(wire: Any, index: int) -> _RowMeta:
     except BadRowSpec as exc:
         raise _fail(f"{what}: {exc}") from None
     counters = wire.get("counters")
-    if not isinstance(counters, list) or len(counters) != 3:
-        raise _fail(f"{what} counters must be [admitted, evicted, pending]")
+    if not isinstance(counters, list) or len(counters) != 4:
+        raise _fail(f"{what} counters must be [admitted, evicted, pending, counted]")
     entries = wire.get("arrays")
     keys = expected_keys(spec.optimizer.state_keys if spec.optimizer else (),
                          spec.admit_after > 1)
@@ -98,7 +98,7 @@ def _parse_rows(wire: Any, index: int) -> _RowMeta:
     return _RowMeta(wire["name"], spec.to_wire(), _count(wire.get("share"), f"{what} share"),
                     _count(wire.get("version"), f"{what} version"),
                     (_count(counters[0], "admitted"), _count(counters[1], "evicted"),
-                     _count(counters[2], "pending")), arrays)
+                     _count(counters[2], "pending"), _count(counters[3], "counted")), arrays)
 
 
 def _fail(what: str) -> SnapshotError:

@@ -166,14 +166,16 @@ class Store:
         return table
 
     def apply_rows(self, name: str, ids: np.ndarray, updates: np.ndarray, scale: float,
-                   requests: Requests, now: float) -> Change:
+                   requests: Requests, now: float, more: bool = False) -> Change:
         """Apply ``scale * updates`` to the rows of ``ids`` (distinct); numbered, and told
-        to subscribers (row changes are not kept in the log: delta pulls are dense)."""
+        to subscribers (row changes are not kept in the log: delta pulls are dense).
+        ``more``: the change is a piece of a larger one, others follow."""
         table = self.rows(name)
         done = table.apply(ids, updates, scale, now)
         self.seq += 1
         change = Change(self.seq, name, table.version, done, 1.0,
-                        RowPayload(ids, updates, now), scale, requests, "rows")
+                        RowPayload(ids, updates, now), scale, requests, "rows",
+                        meta={"more": True} if more else None)
         self._notify(change)
         return change
 
