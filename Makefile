@@ -25,6 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy zps
+	$(VENV)/bin/mypy --explicit-package-bases bench
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import platform
 import statistics
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zps
+from bench.throughput import run_timed
 from zps.cli.cluster import LocalCluster
 from zps.store.idindex import IdIndex, mix64
 from zps.store.rows import RowTable, parse_row_spec
@@ -77,20 +77,6 @@ def _dense_client(servers: list[str], nbytes: int, seconds: float, start: Any,
             ps.pull([name])
             count += 1
         out.put((count, time.perf_counter() - t0))
-
-
-def run_timed(target: Any, args: tuple[Any, ...], workers: int) -> float:
-    """``workers`` processes of ``target`` started together; calls per second summed."""
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Barrier(workers + 1), ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, start, out)) for _ in range(workers)]
-    for proc in procs:
-        proc.start()
-    start.wait()
-    rate = sum(n / dt for n, dt in (out.get(timeout=300) for _ in procs))
-    for proc in procs:
-        proc.join()
-    return rate
 
 
 def in_process(dim: int, unique: np.ndarray, repeat: int = 5) -> dict[str, float]:

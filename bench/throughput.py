@@ -57,12 +57,12 @@ def _raw_client(address: str, size: int, seconds: float, start: Any, out: Any) -
     sock = ctx.socket(zmq.DEALER)
     sock.connect(address)
     payload = np.ones(size // 4, np.float32)
-    sock.send_multipart([b"h", payload], copy=False)
+    sock.send_multipart([b"h", payload.data], copy=False)
     sock.recv_multipart(copy=False)
     start.wait()
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        sock.send_multipart([b"h", payload], copy=size < 65536)
+        sock.send_multipart([b"h", payload.data], copy=size < 65536)
         sock.recv_multipart(copy=False)
         count += 1
     out.put((count, time.perf_counter() - t0))

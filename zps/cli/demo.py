@@ -25,6 +25,20 @@ ACCURACY_BAR = 0.95
 CTR_GAP = 0.03  # the ctr job passes within this much of the generating model's AUC
 
 
+def _finish(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    """Label, save and close a plot."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_losses(results: list[dict[str, Any]], path: Path, title: str) -> None:
     """Write a PNG of each worker's training loss (smoothed) against its step."""
     import matplotlib
@@ -38,15 +52,8 @@ def plot_losses(results: list[dict[str, Any]], path: Path, title: str) -> None:
         window = max(1, len(losses) // 50)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(len(smooth)) + window, smooth, label=f"worker {result['worker']}")
-    ax.set_xlabel("step (one push_pull)")
-    ax.set_ylabel("training loss (cross-entropy)")
     ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, title, "step (one push_pull)", "training loss (cross-entropy)")
 
 
 def total_rounds(workers: int, epochs: int, job: str = "digits-mlp") -> int:
@@ -75,14 +82,7 @@ def plot_auc(results: list[dict[str, Any]], path: Path, title: str, best: float)
         ax.plot([p["seconds"] for p in points], [p["test_auc"] for p in points],
                 marker=".", label=f"worker {result['worker']}")
     ax.axhline(best, color="gray", linestyle="--", label="generating model")
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("test AUC")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, title, "seconds", "test AUC")
 
 
 def report_ctr(results: list[dict[str, Any]], out: Path, title: str, seconds: float) -> int:
