@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zps
-from bench.throughput import run_timed
+from bench.throughput import counts, run_timed, timed_loop
 from zps.cli.cluster import LocalCluster
 from zps.store.idindex import IdIndex, mix64
 from zps.store.rows import RowTable, parse_row_spec
@@ -56,13 +56,7 @@ def _rows_client(servers: list[str], op: str, dim: int, seconds: float, start: A
         updates = np.ones((ids.size, dim), np.float32)
         call = {"pull_rows": lambda: ps.pull_rows(name, ids),
                 "push_rows": lambda: ps.push_rows(name, ids, updates)}[op]
-        call()
-        start.wait()
-        count, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            call()
-            count += 1
-        out.put((count, time.perf_counter() - t0))
+        timed_loop(call, seconds, start, out)
 
 
 def _dense_client(servers: list[str], nbytes: int, seconds: float, start: Any,
@@ -70,13 +64,7 @@ def _dense_client(servers: list[str], nbytes: int, seconds: float, start: Any,
     name = f"d{nbytes}"
     with zps.Client(servers, heartbeat_interval=0) as ps:
         ps.init({name: np.zeros(nbytes // 4, np.float32)})
-        ps.pull([name])
-        start.wait()
-        count, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            ps.pull([name])
-            count += 1
-        out.put((count, time.perf_counter() - t0))
+        timed_loop(lambda: ps.pull([name]), seconds, start, out)
 
 
 def in_process(dim: int, unique: np.ndarray, repeat: int = 5) -> dict[str, float]:
@@ -116,15 +104,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--dims", default="16,64")
-    parser.add_argument("--servers", default="1,2")
-    parser.add_argument("--workers", default="1,4")
+    parser.add_argument("--dims", type=counts, default="16,64")
+    parser.add_argument("--servers", type=counts, default="1,2")
+    parser.add_argument("--workers", type=counts, default="1,4")
     parser.add_argument("--quick", action="store_true", help="dim 16, 1 server, 1 worker")
     parser.add_argument("--out", default="bench/results/sparse.json")
     args = parser.parse_args()
-    dims = [16] if args.quick else [int(d) for d in args.dims.split(",")]
-    server_counts = [1] if args.quick else [int(s) for s in args.servers.split(",")]
-    worker_counts = [1] if args.quick else [int(w) for w in args.workers.split(",")]
+    dims = [16] if args.quick else args.dims
+    server_counts = [1] if args.quick else args.servers
+    worker_counts = [1] if args.quick else args.workers
     unique = np.unique(zipf_batch(0))
     print(f"batches of {BATCH} ids, {unique.size} distinct (Zipf {ZIPF})\n")
     rows: list[dict[str, Any]] = []

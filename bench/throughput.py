@@ -105,18 +105,24 @@ def _zps_client(servers: list[str], op: str, size: int, seconds: float, start: A
             "pull": lambda: ps.pull([name]),
             "push_pull": lambda: ps.push_pull({name: value}),
         }[op]
-        call()
-        start.wait()
-        count, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            call()
-            count += 1
-        out.put((count, time.perf_counter() - t0))
+        timed_loop(call, seconds, start, out)
 
 
 def zps_rate(servers: list[str], op: str, size: int, workers: int, seconds: float) -> float:
     """Operations per second summed over ``workers`` worker processes."""
     return run_timed(_zps_client, (servers, op, size, seconds), workers)
+
+
+def timed_loop(call: Any, seconds: float, start: Any, out: Any) -> None:
+    """Warm ``call`` up, wait at the barrier ``start``, call it for ``seconds`` and put
+    ``(count, seconds taken)`` on ``out``: the body of every timed worker process."""
+    call()
+    start.wait()
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        call()
+        count += 1
+    out.put((count, time.perf_counter() - t0))
 
 
 def run_timed(target: Any, args: tuple[Any, ...], workers: int) -> float:
@@ -141,13 +147,24 @@ def moved(op: str, size: int) -> int:
     return 2 * size if op == "push_pull" else size
 
 
+def counts(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of positive integers ("1,2,4")."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,2,4")
+    return values
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="per cell")
     parser.add_argument("--sizes", default=",".join(SIZES))
-    parser.add_argument("--workers", default="1,2,4")
-    parser.add_argument("--servers", default="1,2")
+    parser.add_argument("--workers", type=counts, default="1,2,4")
+    parser.add_argument("--servers", type=counts, default="1,2")
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--quick", action="store_true", help="1 worker, 1 server")
     parser.add_argument("--targets", action="store_true",
@@ -159,8 +176,12 @@ def main() -> int:
     if args.targets:
         return run_targets(args)
     sizes = [s for s in args.sizes.split(",") if s]
-    worker_counts = [1] if args.quick else [int(w) for w in args.workers.split(",")]
-    server_counts = [1] if args.quick else [int(s) for s in args.servers.split(",")]
+    unknown = sorted(set(sizes) - set(SIZES)) + sorted(set(args.ops.split(",")) - set(OPS))
+    if unknown:
+        parser.error(f"unknown size or op {', '.join(unknown)}: sizes are "
+                     f"{','.join(SIZES)}; ops are {','.join(OPS)}")
+    worker_counts = [1] if args.quick else args.workers
+    server_counts = [1] if args.quick else args.servers
     ops = args.ops.split(",")
     rows: list[dict[str, Any]] = []
     raw: dict[tuple[str, int], float] = {}
