@@ -195,13 +195,24 @@ def test_bad_row_specs_are_refused(spec: dict[str, Any]) -> None:
         parse_row_spec(spec)
 
 
-def test_bad_updates_and_ids_change_nothing() -> None:
-    rows = table()
+def test_bad_updates_and_full_tables_change_nothing() -> None:
+    rows = table(admit_after=2)
     with pytest.raises(BadIds):
         rows.apply(np.array([1, 2], np.int64), np.ones((2, 4), np.float32), 1.0, now=0.0)
-    with pytest.raises(BadIds, match="int64"):
-        rows.check_ids(np.array([1.5]))
-    assert len(rows) == 0 and rows.version == 0
+    rows._used = 2**31 - 1  # as if the table held that many slots: one more row fits
+    with pytest.raises(BadIds, match="2\\*\\*31"):
+        rows.apply(np.array([1, 2], np.int64), np.ones((2, 3), np.float32), 1.0, now=0.0)
+    assert rows.sketch is not None
+    assert len(rows) == 0 and rows.version == 0 and rows.sketch.counted == 0
+
+
+def test_push_counts_do_not_wrap() -> None:
+    rows = table(optimizer={"name": "adam", "lr": 0.1})
+    ids = np.array([3], np.int64)
+    rows.apply(ids, np.ones((1, 3), np.float32), 1.0, now=0.0)
+    rows.pushes[:] = 2**31 - 1  # past int32
+    rows.apply(ids, np.ones((1, 3), np.float32), 1.0, now=1.0)
+    assert rows.pushes[0] == 2**31 and np.isfinite(rows.read(ids)).all()
 
 
 @settings(max_examples=200, deadline=None)

@@ -315,3 +315,89 @@ def test_a_big_sync_round_of_rows_reaches_the_standby_in_pieces(start_server) ->
     resyncs = standby.run(lambda: standby.server.core.replication_info()["resyncs"])
     assert resyncs == 1  # its first snapshot only
     assert standby.run(lambda: standby.server.core.rounds.bsp.closed("big")) == 3
+
+
+def test_a_standby_promoted_between_the_pieces_of_a_round_applies_it_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (review): a standby applied each piece of a sync round's row update as it
+    came; promoted before the last piece, it held part of the round and no record of its
+    pushes, so the workers' retries applied the whole round again on top."""
+    from dataclasses import replace
+
+    import zps.server.rounds as rounds
+    from zps.config import ServerConfig
+    from zps.protocol import decode_stream, encode_change
+    from zps.server.core import ServerCore
+    from zps.server.publisher import _wire_change
+    from zps.store.snapshot import take_snapshot
+
+    from .test_core import Harness, ok
+
+    monkeypatch.setattr(rounds, "ROW_PIECE", 64)  # 8 rows of dim 2 a piece
+    primary = Harness(mode="sync", workers=1)
+    primary.hello("w")
+    ok(primary.send("w", Op.INIT_ROWS, names=("e",), spec={"dim": 2, "init": "zeros"}))
+    standby = ServerCore(replace(ServerConfig(), mode="sync", workers=1,
+                                 standby_of="tcp://127.0.0.1:1"), "sb")
+    store = primary.core.store
+    standby.install_snapshot(take_snapshot(store, primary.core.epoch,
+                                           primary.core.extra_state()))
+    stream: list[Any] = []
+    store.subscribe(lambda c: stream.append(
+        decode_stream([bytes(memoryview(f)) for f in encode_change(_wire_change(c, 1, {}))])))
+    ids = np.arange(20, dtype=np.int64)
+    push = {"ids": ids, "updates": np.ones((20, 2), np.float32)}
+    ok(primary.send("w", Op.PUSH_ROWS, push, names=("e",)))
+    assert [bool(c.meta.get("more")) for c in stream] == [True, True, False]
+    for change in stream[:2]:  # the primary dies before the last piece goes out
+        standby.apply_replicated(change)
+    assert standby.received_seq == store.seq - 1
+    assert standby.store.rows("e").version == 0  # nothing applied yet: held
+    standby.promote(0.0)
+    retry = Request(Op.PUSH_ROWS, "w", primary.rid["w"],
+                    tuple(TensorMeta.of(n, a) for n, a in push.items()), ("e",), {},
+                    tuple(push.values()), watermark=primary.rid["w"])
+    ok(standby.handle("w", Request(Op.HELLO, "w", primary.rid["w"] + 1, (), (),
+                                   {"role": "worker"}, ()), 10.0))
+    standby.tick(20.0)  # past the promoted primary's wait for workers to come back
+    standby.handle("w", retry, 20.0)
+    assert (standby.store.rows("e").read(ids) == store.rows("e").read(ids)).all()
+    assert (standby.store.rows("e").read(ids) == 1.0).all()
+
+
+def test_pieces_of_a_row_change_are_applied_together_on_the_standby(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    import zps.server.rounds as rounds
+    from zps.config import ServerConfig
+    from zps.protocol import decode_stream, encode_change
+    from zps.server.core import ServerCore
+    from zps.server.publisher import _wire_change
+    from zps.store.snapshot import take_snapshot
+
+    from .test_core import Harness, ok
+
+    monkeypatch.setattr(rounds, "ROW_PIECE", 64)
+    primary = Harness(mode="sync", workers=2)
+    primary.hello("a", "b")
+    for w in ("a", "b"):
+        ok(primary.send(w, Op.INIT_ROWS, names=("e",), spec={
+            "dim": 2, "init": "normal:0.1", "optimizer": {"name": "adam", "lr": 0.01}}))
+    standby = ServerCore(replace(ServerConfig(), mode="sync", workers=2,
+                                 standby_of="tcp://127.0.0.1:1"), "sb")
+    standby.install_snapshot(take_snapshot(primary.core.store, primary.core.epoch,
+                                           primary.core.extra_state()))
+    primary.core.store.subscribe(lambda c: standby.apply_replicated(decode_stream(
+        [bytes(memoryview(f)) for f in encode_change(_wire_change(c, 1, {}))])))
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        for w in ("a", "b"):
+            ids = np.unique(rng.integers(0, 60, 30)).astype(np.int64)
+            primary.send(w, Op.PUSH_ROWS, {"ids": ids, "updates": rng.standard_normal(
+                (ids.size, 2)).astype(np.float32)}, names=("e",))
+    ids = np.arange(60, dtype=np.int64)
+    assert standby.received_seq == primary.core.store.seq
+    assert standby.store.rows("e").version == primary.core.store.rows("e").version > 3
+    assert (standby.store.rows("e").read(ids) == primary.core.store.rows("e").read(ids)).all()
+    assert standby.rounds.bsp.closed("e") == 3

@@ -179,7 +179,7 @@ class Server:
         if f is None:
             return {}
         return {"primary": self.config.standby_of, "primary_seq": f.primary_seq,
-                "lag": max(0, f.primary_seq - self.core.store.seq), "resyncs": f.resyncs,
+                "lag": max(0, f.primary_seq - self.core.received_seq), "resyncs": f.resyncs,
                 "silent": round(time.monotonic() - f.last_beat, 3)}
 
     def _promote(self) -> None:

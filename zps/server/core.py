@@ -164,6 +164,12 @@ class ServerCore:
         self.replica.promote(now)
         return self.flush()
 
+    @property
+    def received_seq(self) -> int:
+        """A standby's place in the primary's stream: the changes it applied, and the
+        pieces of one it holds until its last piece comes."""
+        return self.replica.received
+
     def apply_replicated(self, change: Replicated) -> None:
         """Apply one change of the primary's stream (``ProtocolError`` if it does not fit;
         store and codec errors are reported the same way)."""

@@ -166,7 +166,7 @@ class Follower:
 
     def _ack(self, installed: int | None = None) -> None:
         if self._dealer is not None:
-            options: dict[str, Any] = {"seq": self.core.store.seq}
+            options: dict[str, Any] = {"seq": self.core.received_seq}
             if installed is not None:
                 options["snapshot"] = installed  # the primary may let its buffers go
             self._send(Op.ACK, options)
@@ -221,10 +221,10 @@ class Follower:
                 await self._hello()
                 self._needs_resync = True
             # A heartbeat comes after the changes it counts: holding fewer is a gap.
-            if self._needs_resync or self.core.store.seq < self.primary_seq:
+            if self._needs_resync or self.core.received_seq < self.primary_seq:
                 if not self._needs_resync:
                     log.warning("replication gap: holding change %d, the primary is at %d; "
-                                "reading a fresh snapshot", self.core.store.seq,
+                                "reading a fresh snapshot", self.core.received_seq,
                                 self.primary_seq)
                 await self._resync()
             self._ack()
@@ -261,12 +261,12 @@ class Follower:
         self.primary_seq = max(self.primary_seq, message.seq)
         if isinstance(message, Beat) or self._needs_resync:
             return
-        store = self.core.store
-        if message.seq <= store.seq:
+        held = self.core.received_seq
+        if message.seq <= held:
             return  # already in the snapshot
-        if message.seq != store.seq + 1:
+        if message.seq != held + 1:
             log.warning("replication gap: holding change %d, received %d; reading a fresh "
-                        "snapshot", store.seq, message.seq)
+                        "snapshot", held, message.seq)
             self._needs_resync = True
             return
         try:

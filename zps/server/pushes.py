@@ -115,13 +115,11 @@ class Pushes:
             updates = Compressed(codec, encoded).dense()
         else:
             updates = arrays["updates"]
-        if updates.shape[1] != table.spec.dim:
-            raise BadIds(f"row updates of {name!r} have {updates.shape[1]} columns, the "
-                         f"table {table.spec.dim}")
-        if ids.size > 1 and not bool((ids[1:] > ids[:-1]).all()):
-            merged = batch(ids, 1)
-            ids, updates = merged.unique, merged.summed(updates)
-        return {name: RowPayload(ids, updates.astype(table.dtype, copy=False))}
+        if updates.shape[1] != table.spec.dim or updates.dtype != table.dtype:
+            raise BadIds(f"row updates of {name!r} must be {table.spec.dtype} rows of "
+                         f"{table.spec.dim}, got {updates.dtype} rows of {updates.shape[1]}")
+        merged = batch(ids, 1)  # sorted distinct ids (what clients send) pass as they are
+        return {name: RowPayload(merged.unique, merged.summed(updates))}
 
     def _based_on(self, name: str, cid: str) -> int | None:
         """The newest round the worker's update is based on (None: it cannot be late)."""

@@ -81,6 +81,15 @@ class Replica:
         self.pub_endpoint = ""
         self._transfer: _Transfer | None = None
         self._ids = itertools.count(1)
+        # standby: the pieces of a row change received so far (a sync round's row update
+        # travels in pieces; applied together when the last arrives, dropped if it never
+        # does, so a promoted standby never holds part of a round)
+        self._held: list[Replicated] = []
+
+    @property
+    def received(self) -> int:
+        """The highest change number this standby holds, applied or held."""
+        return self.state.store.seq + len(self._held)
 
     # ------------------------------------------------------------ primary side
 
@@ -194,6 +203,7 @@ class Replica:
         """Replace all state with ``snapshot`` (a standby catching up, or a restore).
         Raises ``ProtocolError`` if its extra state is malformed (nothing replaced)."""
         state, extra = self.state, snapshot.extra
+        self._held.clear()
         try:
             ledger = RequestLedger.restore(extra.get("identity", []))
         except ValueError as exc:
@@ -215,10 +225,15 @@ class Replica:
         """Apply one change from the primary's stream exactly as the primary did.
         Raises ``ProtocolError`` if it does not fit what this standby holds."""
         state = self.state
+        if self._held and (change.kind != "rows" or change.table != self._held[0].table):
+            raise ProtocolError("bad_frames", f"change {change.seq} arrived before the last "
+                                              f"piece of change {self._held[0].seq}")
         if change.kind == "create":
             self._create(change)
         elif change.kind in ("create_rows", "rows", "evict"):
             self._rows(change)
+            if self._held:
+                return  # the rest of the pieces follow
         else:
             table = state.store.get(change.table)
             update = self._update(change)
@@ -248,17 +263,27 @@ class Replica:
             return
         table = state.store.rows(change.table)
         arrays = change.row_arrays()
-        if change.version != table.version + 1:
+        if change.version != table.version + len(self._held) + 1:
             raise ProtocolError("bad_frames", f"change {change.seq} does not fit row table "
                                               f"{change.table!r} here")
         if change.kind == "evict":
             state.store.evict_rows(change.table, arrays["ids"])
             return
-        now = change.meta.get("now", 0.0)
-        state.store.apply_rows(change.table, arrays["ids"], arrays["updates"], change.scale,
-                               change.requests, float(now) if isinstance(now, int | float)
-                               else 0.0)
-        if state.sync and not change.meta.get("more"):  # the last piece closes the round
+        ids, updates = arrays["ids"], arrays["updates"]
+        if updates.shape != (ids.size, table.spec.dim) or updates.dtype != table.dtype:
+            raise ProtocolError("bad_frames", f"change {change.seq} does not fit row table "
+                                              f"{change.table!r} here")
+        if change.meta.get("more"):
+            self._held.append(change)
+            return
+        pieces, self._held = [*self._held, change], []
+        for piece in pieces:
+            now = piece.meta.get("now", 0.0)
+            rows = piece.row_arrays()
+            state.store.apply_rows(piece.table, rows["ids"], rows["updates"], piece.scale,
+                                   piece.requests, float(now) if isinstance(now, int | float)
+                                   else 0.0, more=piece is not change)
+        if state.sync:  # the last piece closes the round
             self.rounds.reset(change.table, self.rounds.bsp.closed(change.table) + 1)
 
     def _adopt_layout(self, layout: Any) -> None:
@@ -289,6 +314,10 @@ class Replica:
     def promote(self, now: float) -> None:
         """Take over as primary with the next epoch; answers the clients' watches."""
         state = self.state
+        if self._held:
+            log.warning("dropping %d pieces of change %d whose last piece never came: its "
+                        "pushes are retried here", len(self._held), self._held[0].seq)
+            self._held.clear()
         state.role = "primary"
         state.epoch += 1
         if state.sync and any(t.version for t in state.store.tables()):

@@ -201,13 +201,22 @@ class SyncRounds:
         """A round of row pushes: per id, the mean over the round's workers (one that did
         not touch a row counts as zero, as in dense data-parallel SGD), or the weighted
         mean."""
-        payloads = [c.update for c in done.payloads]
-        assert all(isinstance(p, RowPayload) for p in payloads)
-        weights = [c.weight if self.rule.name == "weighted" else 1.0 for c in done.payloads]
-        ids = np.concatenate([p.ids for p in payloads])  # type: ignore[union-attr]
-        updates = np.concatenate([p.updates * p.updates.dtype.type(w)  # type: ignore[union-attr]
-                                  for p, w in zip(payloads, weights, strict=True)])
-        total = sum(weights)
+        payloads: list[RowPayload] = []
+        for contribution in done.payloads:
+            assert isinstance(contribution.update, RowPayload)
+            payloads.append(contribution.update)
+        weighted = self.rule.name == "weighted"
+        if len(payloads) == 1 and not weighted:  # a mean over one worker: its own rows
+            return payloads[0]
+        ids = np.concatenate([p.ids for p in payloads])
+        updates = np.concatenate([p.updates for p in payloads])  # one copy, scaled in place
+        total = float(len(payloads))
+        if weighted:
+            weights = [c.weight for c in done.payloads]
+            bounds = np.cumsum([0, *(p.ids.size for p in payloads)])
+            for w, start, stop in zip(weights, bounds[:-1], bounds[1:], strict=True):
+                updates[start:stop] *= updates.dtype.type(w)
+            total = sum(weights)
         merged = batch(ids, 1)
         summed = merged.summed(updates) if ids.size else updates
         if total > 0:

@@ -75,20 +75,6 @@ def parse_row_spec(wire: Any) -> RowSpec:
                    None if evict is None else float(evict), cap)
 
 
-@dataclass(frozen=True, slots=True)
-class RowUpdate:
-    """What one apply did: the rows it changed and by how much (for the change log and
-    delta pulls), and the ids it evicted to stay under ``max_rows``."""
-
-    ids: np.ndarray
-    delta: np.ndarray
-    evicted: np.ndarray
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.ids.nbytes + self.delta.nbytes + self.evicted.nbytes)
-
-
 class RowTable:
     """One row table's shard on one server."""
 
@@ -106,7 +92,7 @@ class RowTable:
         self.index = IdIndex()
         self.values = np.zeros((0, spec.dim), self.dtype)
         self.last_push = np.zeros(0, np.float64)
-        self.pushes = np.zeros(0, np.int32)
+        self.pushes = np.zeros(0, np.int64)
         self.row_ids = np.zeros(0, np.int64)  # the id in each slot
         self.live = np.zeros(0, bool)  # whether a slot holds a row
         self.state = {k: np.zeros((0, spec.dim), self.dtype)
@@ -136,13 +122,6 @@ class RowTable:
                 "admitted": self.admitted, "evicted": self.evicted,
                 "pending": self.sketch.pending if self.sketch else 0}
 
-    def check_ids(self, ids: Any) -> np.ndarray:
-        """``ids`` as a 1-D int64 array; ``BadIds`` for anything else."""
-        array = np.asarray(ids)
-        if array.dtype != np.int64:
-            raise BadIds(f"row ids of {self.name!r} must be int64, got {array.dtype}")
-        return array.reshape(-1)
-
     def read(self, ids: np.ndarray) -> np.ndarray:
         """The rows of ``ids`` (initial values for rows not stored): (n, dim), new."""
         slots = self.index.lookup(ids)
@@ -157,16 +136,18 @@ class RowTable:
 
     # ------------------------------------------------------------ writing
 
-    def apply(self, ids: np.ndarray, updates: np.ndarray, scale: float,
-              now: float) -> RowUpdate:
+    def apply(self, ids: np.ndarray, updates: np.ndarray, scale: float, now: float) -> None:
         """Add ``scale * updates`` (gradients, with an optimizer) to the rows of ``ids``
-        (distinct), storing the ones admitted now; ``now`` (seconds) is when."""
+        (distinct), storing the ones admitted now; ``now`` (seconds) is when. Checked
+        before anything changes: ``BadIds`` for a misshapen update, or when the new rows
+        would not fit."""
         if updates.shape != (ids.size, self.spec.dim):
             raise BadIds(f"row updates of {self.name!r} must be {ids.size} x {self.spec.dim}, "
                          f"got {list(updates.shape)}")
         slots = self.index.lookup(ids)
         fresh = slots < 0
         if fresh.any():
+            self._check_room(int(np.count_nonzero(fresh)))
             keep = self._admit(ids[fresh])
             kept = np.flatnonzero(fresh)[keep]
             slots[kept] = self._store(ids[kept])
@@ -182,11 +163,11 @@ class RowTable:
             for key, rows in state.items():
                 self.state[key][slots] = rows
         else:
-            delta = np.array(grads, copy=True)
+            delta = grads
         self.values[slots] += delta
         self.last_push[slots] = now
         self.version += 1
-        return RowUpdate(ids, delta, self._trim())
+        self._trim()
 
     def remove(self, ids: np.ndarray) -> None:
         """Evict ``ids`` (absent ones, and repeats, are ignored)."""
@@ -236,13 +217,20 @@ class RowTable:
         """``n`` free slots (for filling the table from a snapshot)."""
         return self._take_slots(n)
 
-    def _take_slots(self, n: int) -> np.ndarray:
-        free = np.concatenate(self._free) if self._free else np.zeros(0, np.int64)
-        reused, rest = free[:n], free[n:]
-        self._free = [rest] if rest.size else []
-        if self._used + n - reused.size >= 2**31:
+    def _check_room(self, n: int) -> None:
+        """``BadIds`` unless ``n`` more rows fit (slot numbers are int32 in the index)."""
+        free = sum(f.size for f in self._free)
+        if self._used + n - min(n, free) >= 2**31:
             raise BadIds(f"row table {self.name!r} would hold more than 2**31 rows on this "
                          "server: use more servers, or max_rows")
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        self._check_room(n)
+        if len(self._free) > 1:
+            self._free = [np.concatenate(self._free)]
+        free = self._free[0] if self._free else np.zeros(0, np.int64)
+        reused, rest = free[:n], free[n:]
+        self._free = [rest] if rest.size else []
         grown = np.arange(self._used, self._used + n - reused.size, dtype=np.int64)
         self._used += grown.size
         self._grow(self._used)
@@ -260,18 +248,17 @@ class RowTable:
         self.live = _resized(self.live, size)
         self.state = {k: _resized(a, size) for k, a in self.state.items()}
 
-    def _trim(self) -> np.ndarray:
+    def _trim(self) -> None:
         """Past the limit, evict the least recently pushed rows (ties: the smaller id)
         down to 95% of it: one pass over the rows evicts many, not one per push."""
         if self.limit is None or len(self) <= self.limit:
-            return np.zeros(0, np.int64)
+            return
         slots = np.flatnonzero(self.live[:self._used])
         ids = self.row_ids[slots]
         order = np.lexsort((ids, self.last_push[slots]))
         target = self.limit - self.limit // 20
         gone = np.sort(ids[order[:len(self) - target]])
         self.remove(gone)
-        return gone
 
 
 def _resized(array: np.ndarray, size: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from zps.store.rows import RowTable, parse_row_spec
 
 # Arrays of a row table's state, in order, with the dtypes they may have.
 FIXED = (("ids", ("int64",)), ("values", ("float32", "float64")),
-         ("last_push", ("float64",)), ("pushes", ("int32",)))
+         ("last_push", ("float64",)), ("pushes", ("int64",)))
 SKETCH = "sketch"
 
 

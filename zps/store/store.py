@@ -18,7 +18,7 @@ import numpy as np
 from zps.protocol import ClientRequest
 from zps.store.errors import TableMismatch, UnknownTable
 from zps.store.optimizers import Optimizer
-from zps.store.rows import RowSpec, RowTable, RowUpdate
+from zps.store.rows import RowSpec, RowTable
 from zps.store.tables import DenseTable, Update, table_array
 
 Requests = tuple[ClientRequest, ...]  # (client, request id, watermark) of a change's pushes
@@ -51,7 +51,7 @@ class Change:
     seq: int
     table: str
     version: int
-    update: Update | RowUpdate | RowPayload
+    update: Update | RowPayload
     scale: float
     given: Update | RowPayload
     given_scale: float
@@ -171,11 +171,11 @@ class Store:
         to subscribers (row changes are not kept in the log: delta pulls are dense).
         ``more``: the change is a piece of a larger one, others follow."""
         table = self.rows(name)
-        done = table.apply(ids, updates, scale, now)
+        table.apply(ids, updates, scale, now)
         self.seq += 1
-        change = Change(self.seq, name, table.version, done, 1.0,
-                        RowPayload(ids, updates, now), scale, requests, "rows",
-                        meta={"more": True} if more else None)
+        given = RowPayload(ids, updates, now)
+        change = Change(self.seq, name, table.version, given, 1.0, given, scale, requests,
+                        "rows", meta={"more": True} if more else None)
         self._notify(change)
         return change
 
