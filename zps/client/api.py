@@ -10,11 +10,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from zps.client.calls import Call
 from zps.client.engine import Engine
 from zps.client.placement import Layout
 from zps.client.plans import Message, outputs, push_options
 from zps.config import ClientConfig
+from zps.errors import ConfigError
 from zps.protocol import Op
 
 log = logging.getLogger("zps.client")
@@ -57,6 +60,13 @@ class ClientBase:
         """The consistency mode the servers run (``sync``, ``async`` or ``ssp:K``)."""
         return str(self._engine.hello[0].get("mode", ""))
 
+    def set_codec(self, names: Iterable[str], codec: str, error_feedback: bool = True) -> None:
+        """Push the dense tables ``names`` through ``codec`` (``none``, ``fp16``,
+        ``int8[:BLOCK]``, ``sign[:BLOCK]``, ``topk[:RATIO]``) instead of the client's, each
+        with its own error feedback unless ``error_feedback=False``. ``ConfigError`` for a
+        bad codec."""
+        self._engine.planner.set_codec(list(names), codec, error_feedback)
+
     # ------------------------------------------------------------ calls
 
     def _init_call(self, tensors: Mapping[str, Any],
@@ -95,23 +105,27 @@ class ClientBase:
                         "from their current values, not from the values given to init",
                         listed)
 
-    def _pull_call(self, names: Iterable[str] | None) -> Call:
+    def _pull_call(self, names: Iterable[str] | None,
+                   out: Mapping[str, np.ndarray] | None = None) -> Call:
         planner = self._engine.planner
-        wanted = planner.wanted(names)
+        wanted = planner.wanted(names if names is not None or out is None else list(out))
         layout = planner.need_layout()
-        return Call(Op.PULL, planner.messages(Op.PULL, layout, wanted), outputs(layout, wanted),
-                    delta=self._engine.held is not None)
+        return Call(Op.PULL, planner.messages(Op.PULL, layout, wanted),
+                    planner.outputs(wanted, out), delta=self._engine.held is not None)
 
     def _push_call(self, op: Op, deltas: Mapping[str, Any], loss: float | None,
-                   weight: float | None) -> Call:
+                   weight: float | None, out: Mapping[str, np.ndarray] | None = None) -> Call:
         planner = self._engine.planner
         arrays = planner.deltas(deltas)
         layout = planner.need_layout()
+        if op == Op.PUSH and out is not None:
+            raise ConfigError("push returns nothing: give out= to push_pull or pull")
+        results = planner.outputs(list(arrays), out) if op == Op.PUSH_PULL else {}
         messages = planner.messages(op, layout, list(arrays), arrays,
                                     push_options(loss, weight))
         if op == Op.PUSH:
             return Call(op, messages, finish=lambda call: None)
-        return Call(op, messages, outputs(layout, arrays), delta=self._engine.held is not None)
+        return Call(op, messages, results, delta=self._engine.held is not None)
 
     def _stats_call(self) -> Call:
         engine = self._engine

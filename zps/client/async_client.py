@@ -123,14 +123,17 @@ class AsyncClient(ClientBase):
         """
         return await self._call(self._init_call(tensors, optimizer))  # type: ignore[no-any-return]
 
-    async def pull(self, names: Iterable[str] | None = None) -> Arrays:
-        """The current value of the named tables (all by default), as fresh arrays.
+    async def pull(self, names: Iterable[str] | None = None, *,
+                   out: Mapping[str, np.ndarray] | None = None) -> Arrays:
+        """The current value of the named tables (all by default), as fresh arrays, or
+        received straight into the arrays of ``out`` (by table name; the tables of
+        ``out`` when ``names`` is not given).
 
         In sync mode, a pull after this worker's push for round r waits for round r to
         close and returns the parameters after it. ``UnknownTableError`` for a table that
         was never given to ``init``.
         """
-        return await self._call(self._pull_call(names))  # type: ignore[no-any-return]
+        return await self._call(self._pull_call(names, out))  # type: ignore[no-any-return]
 
     async def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
                    weight: float | None = None) -> None:
@@ -142,10 +145,12 @@ class AsyncClient(ClientBase):
         await self._call(self._push_call(Op.PUSH, deltas, loss, weight))
 
     async def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
-                        weight: float | None = None) -> Arrays:
-        """Push deltas and return the named tables' values after they were applied."""
+                        weight: float | None = None,
+                        out: Mapping[str, np.ndarray] | None = None) -> Arrays:
+        """Push deltas and return the named tables' values after they were applied (into
+        the arrays of ``out`` where given, as for ``pull``)."""
         return await self._call(  # type: ignore[no-any-return]
-            self._push_call(Op.PUSH_PULL, deltas, loss, weight))
+            self._push_call(Op.PUSH_PULL, deltas, loss, weight, out))
 
     async def init_rows(self, name: str, dim: int, dtype: str = "float32",
                         init: str = "normal:0.01", optimizer: Mapping[str, Any] | None = None,

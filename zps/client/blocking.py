@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import zmq
@@ -86,20 +86,53 @@ class Client(ClientBase):
         """See ``AsyncClient.init``."""
         return self._call(self._init_call(tensors, optimizer))  # type: ignore[no-any-return]
 
-    def pull(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """See ``AsyncClient.pull``."""
-        return self._call(self._pull_call(names))  # type: ignore[no-any-return]
+    @overload
+    def pull(self, names: Iterable[str] | None = None, *,
+             out: Mapping[str, np.ndarray] | None = None,
+             wait: Literal[True] = True) -> dict[str, np.ndarray]: ...
+
+    @overload
+    def pull(self, names: Iterable[str] | None = None, *,
+             out: Mapping[str, np.ndarray] | None = None,
+             wait: Literal[False]) -> Handle: ...
+
+    def pull(self, names: Iterable[str] | None = None, *,
+             out: Mapping[str, np.ndarray] | None = None,
+             wait: bool = True) -> dict[str, np.ndarray] | Handle:
+        """See ``AsyncClient.pull``. ``wait=False`` returns a ``Handle`` at once."""
+        return self._call_or_handle(self._pull_call(names, out), wait)
+
+    @overload
+    def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+             weight: float | None = None, wait: Literal[True] = True) -> None: ...
+
+    @overload
+    def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+             weight: float | None = None, wait: Literal[False]) -> Handle: ...
 
     def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
-             weight: float | None = None) -> None:
-        """See ``AsyncClient.push``."""
-        self._call(self._push_call(Op.PUSH, deltas, loss, weight))
+             weight: float | None = None, wait: bool = True) -> Handle | None:
+        """See ``AsyncClient.push``. ``wait=False`` returns a ``Handle`` at once (the
+        deltas' arrays are sent from where they are: leave them unchanged until then)."""
+        return self._call_or_handle(  # type: ignore[no-any-return]
+            self._push_call(Op.PUSH, deltas, loss, weight), wait)
+
+    @overload
+    def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+                  weight: float | None = None, out: Mapping[str, np.ndarray] | None = None,
+                  wait: Literal[True] = True) -> dict[str, np.ndarray]: ...
+
+    @overload
+    def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
+                  weight: float | None = None, out: Mapping[str, np.ndarray] | None = None,
+                  wait: Literal[False]) -> Handle: ...
 
     def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
-                  weight: float | None = None) -> dict[str, np.ndarray]:
-        """See ``AsyncClient.push_pull``."""
-        return self._call(  # type: ignore[no-any-return]
-            self._push_call(Op.PUSH_PULL, deltas, loss, weight))
+                  weight: float | None = None, out: Mapping[str, np.ndarray] | None = None,
+                  wait: bool = True) -> dict[str, np.ndarray] | Handle:
+        """See ``AsyncClient.push_pull``. ``wait=False`` returns a ``Handle`` at once."""
+        return self._call_or_handle(self._push_call(Op.PUSH_PULL, deltas, loss, weight, out),
+                                    wait)
 
     def init_rows(self, name: str, dim: int, dtype: str = "float32", init: str = "normal:0.01",
                   optimizer: Mapping[str, Any] | None = None, admit_after: int = 1,
@@ -108,25 +141,26 @@ class Client(ClientBase):
         self._call(self._init_rows_call(name, dim, dtype, init, optimizer, admit_after,
                                         evict_after, max_rows))
 
-    def pull_rows(self, name: str, ids: Any) -> np.ndarray:
-        """See ``AsyncClient.pull_rows``."""
+    def pull_rows(self, name: str, ids: Any, *, wait: bool = True) -> Any:
+        """See ``AsyncClient.pull_rows``. ``wait=False`` returns a ``Handle`` at once."""
         self._learn_rows(name)
-        return self._call(self._engine.rows.pull(name, ids))  # type: ignore[no-any-return]
+        return self._call_or_handle(self._engine.rows.pull(name, ids), wait)
 
     def push_rows(self, name: str, ids: Any, updates: Any, *, loss: float | None = None,
-                  weight: float | None = None) -> None:
-        """See ``AsyncClient.push_rows``."""
+                  weight: float | None = None, wait: bool = True) -> Any:
+        """See ``AsyncClient.push_rows``. ``wait=False`` returns a ``Handle`` at once."""
         self._learn_rows(name)
-        self._call(self._engine.rows.push(name, ids, updates, None,
-                                          push_options(loss, weight), pull=False))
+        return self._call_or_handle(self._engine.rows.push(
+            name, ids, updates, None, push_options(loss, weight), pull=False), wait)
 
     def push_pull_rows(self, name: str, ids: Any, updates: Any, pull_ids: Any | None = None,
-                       *, loss: float | None = None,
-                       weight: float | None = None) -> np.ndarray:
-        """See ``AsyncClient.push_pull_rows``."""
+                       *, loss: float | None = None, weight: float | None = None,
+                       wait: bool = True) -> Any:
+        """See ``AsyncClient.push_pull_rows``. ``wait=False`` returns a ``Handle`` at
+        once."""
         self._learn_rows(name)
-        return self._call(self._engine.rows.push(  # type: ignore[no-any-return]
-            name, ids, updates, pull_ids, push_options(loss, weight), pull=True))
+        return self._call_or_handle(self._engine.rows.push(
+            name, ids, updates, pull_ids, push_options(loss, weight), pull=True), wait)
 
     def tables(self) -> list[dict[str, Any]]:
         """See ``AsyncClient.tables``."""
@@ -159,6 +193,29 @@ class Client(ClientBase):
         self._engine.start(call, time.monotonic())
         return self._run(call)
 
+    def _call_or_handle(self, call: Call, wait: bool) -> Any:
+        if wait:
+            return self._call(call)
+        if self._closed:
+            raise ClosedError("this zps.Client is closed")
+        self._engine.start(call, time.monotonic())
+        self._flush()
+        return Handle(self, call)
+
+    def progress(self) -> None:
+        """Take in the replies that have arrived and send what may go now, without
+        waiting (calls started with ``wait=False`` advance while the caller computes)."""
+        if self._closed:
+            return
+        engine = self._engine
+        now = time.monotonic()
+        for sock, _ in self._poller.poll(0):
+            read_replies(sock, self._endpoint_of[sock], engine, self.config.limits, now)
+        deadline = engine.next_deadline()
+        if deadline is not None and now >= deadline:
+            engine.expire(now)
+        self._flush()
+
     def _run(self, call: Call) -> Any:
         """Drive the engine until ``call`` is done; its result (or its error, raised)."""
         engine = self._engine
@@ -190,6 +247,32 @@ class Client(ClientBase):
             if sock is not None:
                 sock.close(linger=0)
         self._context.term()
+
+
+class Handle:
+    """A call started with ``wait=False`` (as ps-lite's timestamps): ``wait()`` blocks
+    until it is done and returns its value (or raises its error); ``done()`` says whether
+    it is, without blocking. Calls finish in any order; several may be in flight."""
+
+    __slots__ = ("_call", "_client")
+
+    def __init__(self, client: Client, call: Call) -> None:
+        self._client = client
+        self._call = call
+
+    def done(self) -> bool:
+        """True once the call has finished (its replies are in, or it failed)."""
+        if not self._call.done:
+            self._client.progress()
+        return self._call.done
+
+    def wait(self) -> Any:
+        """Block until the call finishes; its value (``push``: None), or its error."""
+        if not self._call.done:
+            if self._client._closed:
+                raise ClosedError("this zps.Client is closed")
+            self._client._run(self._call)
+        return self._call.result()
 
 
 class _Heartbeats:

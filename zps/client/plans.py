@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
-from zps.codecs import CodecError, ErrorFeedback, make_codec
+from zps.codecs import Codec, CodecError, ErrorFeedback, make_codec
 from zps.config import ClientConfig
 from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
 from zps.protocol import DTYPES, EncodedMeta, Op, TensorMeta
@@ -68,6 +68,19 @@ class Planner:
             raise ConfigError(str(exc)) from None
         self.feedback = (ErrorFeedback(self.codec, np)
                          if config.error_feedback and not self.codec.lossless else None)
+        # Tables pushed through another codec than the client's (``set_codec``).
+        self._codecs: dict[str, tuple[Codec, ErrorFeedback | None]] = {}
+
+    def set_codec(self, names: Iterable[str], spec: str, error_feedback: bool = True) -> None:
+        """Push the tables ``names`` through codec ``spec`` (each with its own error
+        feedback) instead of the client's; ``ConfigError`` for a bad spec."""
+        try:
+            codec = make_codec(spec)
+        except CodecError as exc:
+            raise ConfigError(str(exc)) from None
+        feedback = ErrorFeedback(codec, np) if error_feedback and not codec.lossless else None
+        for name in names:
+            self._codecs[name] = (codec, feedback)
 
     # ------------------------------------------------------------ tables
 
@@ -129,8 +142,8 @@ class Planner:
                 extra.pop("loss", None)  # one loss report per server and push
             first_to.add(group[0].server)
             messages.append(_message(op, group, arrays, extra, metas))
-        if op in (Op.PUSH, Op.PUSH_PULL) and self.codec.name != "none":
-            messages = [self._compress(m) for m in messages]
+        if op in (Op.PUSH, Op.PUSH_PULL):
+            messages = [self._compress(m) if self._compressed(m) else m for m in messages]
         for message in messages:
             self._check_size(message)
         return messages
@@ -151,15 +164,24 @@ class Planner:
         self._group_cache[key] = (layout, groups)
         return groups
 
+    def _codec_of(self, table: str) -> tuple[Codec, ErrorFeedback | None]:
+        return self._codecs.get(table) or (self.codec, self.feedback)
+
+    def _compressed(self, message: Message) -> bool:
+        if not self._codecs:
+            return self.codec.name != "none"
+        return any(self._codec_of(p.table)[0].name != "none" for p in message.parts)
+
     def _compress(self, message: Message) -> Message:
-        """The same message with each part encoded by the push codec."""
+        """The same message with each part encoded by its table's push codec."""
         metas: list[EncodedMeta] = []
         buffers: list[Any] = []
         for part, piece in zip(message.parts, message.buffers, strict=True):
-            if self.feedback is not None:
-                encoded = self.feedback.encode(part.key, piece)
+            codec, feedback = self._codec_of(part.table)
+            if feedback is not None:
+                encoded = feedback.encode(part.key, piece)
             else:
-                encoded = self.codec.encode(np, piece)
+                encoded = codec.encode(np, piece)
             metas.append(EncodedMeta(part.key, encoded.codec, encoded.params, encoded.dtype,
                                      encoded.shape,
                                      tuple((str(p.dtype), int(p.nbytes)) for p in encoded.parts)))
@@ -190,6 +212,28 @@ class Planner:
             open_group[part.server] = (group, size + part.nbytes)
         groups.extend(g for g, _ in open_group.values() if g)
         return groups
+
+
+    def outputs(self, names: Sequence[str], out: Mapping[str, np.ndarray] | None) -> Arrays:
+        """The arrays a call's replies fill: those of ``out`` (checked: each the table's
+        shape and dtype, C-contiguous and writable) and fresh ones for the other tables."""
+        layout = self.need_layout()
+        arrays = outputs(layout, [n for n in names if out is None or n not in out])
+        for name, array in (out or {}).items():
+            if name not in names:
+                raise ConfigError(f"out= has {name!r}, which this call does not return")
+            spec = layout.specs[name]
+            if not isinstance(array, np.ndarray) or array.shape != spec.shape \
+                    or array.dtype != spec.dtype or not array.flags.c_contiguous \
+                    or not array.flags.writeable:
+                got = (f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray)
+                       else type(array).__name__)
+                raise ShapeMismatchError(
+                    "shape_mismatch",
+                    f"out[{name!r}] must be a writable C-contiguous {spec.dtype} array of "
+                    f"shape {list(spec.shape)}, got {got}")
+            arrays[name] = array
+        return {n: arrays[n] for n in names}
 
 
 def outputs(layout: Layout, names: Iterable[str]) -> Arrays:
