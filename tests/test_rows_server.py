@@ -64,19 +64,24 @@ def test_sync_rounds_average_rows_over_the_workers(start_server) -> None:
     servers = [start_server(mode="sync", workers=2).address,
                start_server(mode="sync", workers=2).address]
     results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
 
     def work(index: int) -> None:
-        with zps.Client(servers, client_id=f"w{index}") as ps:
-            ps.init_rows("u", dim=1, init="zeros")
-            ids = np.array([1, 2] if index == 0 else [2, 3], np.int64)
-            results[index] = ps.push_pull_rows("u", ids, np.full((2, 1), 4.0),
-                                               pull_ids=np.array([1, 2, 3, 4], np.int64))
+        try:
+            with zps.Client(servers, client_id=f"w{index}") as ps:
+                ps.init_rows("u", dim=1, init="zeros")
+                ids = np.array([1, 2] if index == 0 else [2, 3], np.int64)
+                results[index] = ps.push_pull_rows("u", ids, np.full((2, 1), 4.0),
+                                                   pull_ids=np.array([1, 2, 3, 4], np.int64))
+        except BaseException as exc:
+            errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    assert not errors and len(results) == 2
     for got in results.values():
         np.testing.assert_array_equal(got[:, 0], [2.0, 4.0, 2.0, 0.0])
 
@@ -145,10 +150,11 @@ def test_a_standby_holds_the_same_rows_and_takes_over(start_server) -> None:
         wait_for(lambda: rows_state(standby) == rows_state(primary), what="the same rows")
         before = ps.pull_rows("e", np.arange(80))
         primary.stop()
-        ps.push_rows("e", [3], np.ones((1, 4)))  # answered by the new primary
+        for _ in range(2):  # (twice: admitted by now if it was still being counted)
+            ps.push_rows("e", [3], np.ones((1, 4)))  # answered by the new primary
         after = ps.pull_rows("e", np.arange(80))
     changed = np.flatnonzero((after != before).any(axis=1))
-    assert changed.tolist() in ([], [3])  # row 3 moved, or was still being admitted
+    assert changed.tolist() == [3]
 
 
 def test_checkpoints_restore_rows_counts_and_recency(start_server, tmp_path: Path) -> None:
@@ -401,3 +407,54 @@ def test_pieces_of_a_row_change_are_applied_together_on_the_standby(
     assert standby.store.rows("e").version == primary.core.store.rows("e").version > 3
     assert (standby.store.rows("e").read(ids) == primary.core.store.rows("e").read(ids)).all()
     assert standby.rounds.bsp.closed("e") == 3
+
+
+def test_pieces_fit_a_server_limit_below_chunk_bytes(start_server) -> None:
+    """Regression: a pull answered in one piece over the server's limit was refused, and
+    the push of a push_pull_rows was applied on the other server all the same."""
+    from zps.client.rowplace import shard_of
+    from zps.protocol import Limits
+
+    servers = [start_server(mode="async", limits=Limits(max_message_bytes=1 << 20))
+               for _ in range(2)]
+    with zps.Client([s.address for s in servers]) as ps:
+        ps.init_rows("t", dim=8, init="zeros")
+        candidates = np.arange(200_000, dtype=np.int64)
+        owner = shard_of(candidates, 2)
+        big = candidates[owner == 0][:40_000]  # 1.28 MB of rows from server 0
+        pushed = candidates[owner == 1][:3]
+        got = ps.push_pull_rows("t", pushed, np.ones((3, 8)), pull_ids=big)
+        assert got.shape == (40_000, 8)
+        np.testing.assert_array_equal(ps.pull_rows("t", pushed), 1.0)  # applied once
+        assert ps.pull_rows("t", big).shape == (40_000, 8)
+
+
+def test_row_settings_given_as_numpy_values_and_defaults(start_server) -> None:
+    server = start_server(mode="async")
+    with zps.Client([server.address], timeout=1.0) as ps:
+        ps.init_rows("a", dim=np.int64(4), dtype=np.dtype("float32"), admit_after=np.int32(1))
+        ps.init_rows("b")  # dim 64 by default
+        assert {t["name"]: t["shape"] for t in ps.tables()} == {"a": [None, 4],
+                                                                "b": [None, 64]}
+        with pytest.raises(zps.ConfigError, match="cannot send"):  # msgpack: no np.float32
+            ps.init({"w": np.zeros(3, np.float32)},
+                    optimizer={"name": "adam", "lr": np.float32(0.01)})
+        ps.init_rows("c", dim=2)  # the client is not left with a request it cannot send
+        assert ps.pull_rows("c", [1]).shape == (1, 2)
+
+
+def test_bad_row_inputs_change_nothing_on_any_server(start_server) -> None:
+    servers = [start_server(mode="async").address for _ in range(2)]
+    with zps.Client(servers) as ps:
+        ps.init({"x": np.zeros(3, np.float32)})  # lives on one server
+        with pytest.raises(zps.ShapeMismatchError, match="dense table"):
+            ps.init_rows("x", dim=2)
+        assert [t["kind"] for t in ps.tables()] == ["dense"]  # no row table anywhere
+        ps.init_rows("r", dim=2, init="zeros")
+        for bad in (np.array([["1", "2"]]), np.array([[True, False]]), np.array([[1j, 2]])):
+            with pytest.raises(zps.ShapeMismatchError, match="real numbers"):
+                ps.push_rows("r", [5], bad)
+        high = np.array([2**64 - 1, 2**63, 7], np.uint64)  # uint64 ids keep their bits
+        ps.push_rows("r", high, np.ones((3, 2)))
+        np.testing.assert_array_equal(ps.pull_rows("r", high.view(np.int64)), 1.0)
+        np.testing.assert_array_equal(ps.pull_rows("r", [5]), 0.0)

@@ -7,6 +7,7 @@ its arguments into an engine ``Call`` the same way for both.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from zps.client.engine import Engine
 from zps.client.placement import Layout
 from zps.client.plans import Message, outputs, push_options
 from zps.config import ClientConfig
-from zps.errors import ConfigError
+from zps.errors import ConfigError, ShapeMismatchError
 from zps.protocol import Op
 
 log = logging.getLogger("zps.client")
@@ -138,10 +139,26 @@ class ClientBase:
     def _init_rows_call(self, name: str, dim: int, dtype: str, init: str,
                         optimizer: Mapping[str, Any] | None, admit_after: int,
                         evict_after: float | None, max_rows: int | None) -> Call:
+        if name in (self.layout.specs if self.layout else {}):
+            raise ShapeMismatchError("conflict", f"{name!r} is a dense table; a row table "
+                                                 "needs another name")
+        try:
+            dtype = np.dtype(dtype).name
+        except TypeError:
+            raise ConfigError(f"row dtype must be float32 or float64, got {dtype!r}") from None
         return self._engine.rows.init(name, {
-            "dim": dim, "dtype": dtype, "init": init,
-            "optimizer": dict(optimizer) if optimizer else None, "admit_after": admit_after,
-            "evict_after": evict_after, "max_rows": max_rows})
+            "dim": _integer(dim), "dtype": dtype, "init": init,
+            "optimizer": dict(optimizer) if optimizer else None,
+            "admit_after": _integer(admit_after), "evict_after": evict_after,
+            "max_rows": None if max_rows is None else _integer(max_rows)})
+
+    @staticmethod
+    def _check_row_name(tables: list[dict[str, Any]], name: str) -> None:
+        """Refuse, before any server creates it, a row table named as a dense table (the
+        servers that do not hold that table would create the row table)."""
+        if any(t.get("name") == name and t.get("kind") != "rows" for t in tables):
+            raise ShapeMismatchError("conflict", f"{name!r} is a dense table; a row table "
+                                                 "needs another name")
 
     def _knows_rows(self, name: str) -> bool:
         """Whether the client has ``name``'s row settings (else it asks, ``_tables_call``)."""
@@ -163,6 +180,14 @@ class ClientBase:
         messages = [Message(i, Op.BYE, ()) for i in range(len(self._engine.servers))]
         return Call(Op.BYE, messages, timeout=BYE_TIMEOUT, attempts=1,
                     finish=lambda call: None)
+
+
+def _integer(value: Any) -> Any:
+    """NumPy integers as ints (what else is given is checked with the other settings)."""
+    try:
+        return operator.index(value) if not isinstance(value, bool) else value
+    except TypeError:
+        return value
 
 
 SUMMED = ("rows", "bytes", "admitted", "evicted", "pending")

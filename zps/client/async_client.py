@@ -152,7 +152,7 @@ class AsyncClient(ClientBase):
         return await self._call(  # type: ignore[no-any-return]
             self._push_call(Op.PUSH_PULL, deltas, loss, weight, out))
 
-    async def init_rows(self, name: str, dim: int, dtype: str = "float32",
+    async def init_rows(self, name: str, dim: int = 64, dtype: str = "float32",
                         init: str = "normal:0.01", optimizer: Mapping[str, Any] | None = None,
                         admit_after: int = 1, evict_after: float | None = None,
                         max_rows: int | None = None) -> None:
@@ -164,6 +164,7 @@ class AsyncClient(ClientBase):
         push; ``evict_after`` seconds and ``max_rows`` bound the rows kept. Raises
         ``ShapeMismatchError`` if the table exists with other settings, ``ConfigError`` for
         bad settings."""
+        self._check_row_name(await self.tables(), name)
         await self._call(self._init_rows_call(name, dim, dtype, init, optimizer, admit_after,
                                               evict_after, max_rows))
 

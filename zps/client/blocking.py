@@ -134,10 +134,11 @@ class Client(ClientBase):
         return self._call_or_handle(self._push_call(Op.PUSH_PULL, deltas, loss, weight, out),
                                     wait)
 
-    def init_rows(self, name: str, dim: int, dtype: str = "float32", init: str = "normal:0.01",
+    def init_rows(self, name: str, dim: int = 64, dtype: str = "float32", init: str = "normal:0.01",
                   optimizer: Mapping[str, Any] | None = None, admit_after: int = 1,
                   evict_after: float | None = None, max_rows: int | None = None) -> None:
         """See ``AsyncClient.init_rows``."""
+        self._check_row_name(self.tables(), name)
         self._call(self._init_rows_call(name, dim, dtype, init, optimizer, admit_after,
                                         evict_after, max_rows))
 

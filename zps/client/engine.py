@@ -363,7 +363,13 @@ class Engine:
         pending.attempts_left -= 1
         timeout = pending.call.timeout
         pending.deadline = now + (self.config.timeout if timeout is None else timeout)
-        self._sends.append((pending.endpoint, self._frames(pending)))
+        try:
+            frames = self._frames(pending)
+        except (TypeError, ValueError) as exc:  # (an option msgpack cannot carry)
+            self._complete(pending.call, ConfigError(
+                f"cannot send {pending.message.op}: {exc}; give plain numbers and strings"))
+            return
+        self._sends.append((pending.endpoint, frames))
 
     def _frames(self, pending: Pending) -> list[Any]:
         message = pending.message

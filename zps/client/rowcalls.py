@@ -77,16 +77,30 @@ class RowCalls:
                      frame: str) -> list[Message]:
         """Pulls of each server's ids, in pieces whose replies stay under ``chunk_bytes``
         (a reply is built in one go on the server: a bound keeps every turn short)."""
-        per_piece = max(1, self.chunk_bytes // (spec.dim * np.dtype(spec.dtype).itemsize))
-        return [Message(s, op, (), (_meta(frame, piece),), (piece,), (name,))
-                for s, part in enumerate(parts)
-                for piece in (np.array_split(part, max(1, -(-part.size // per_piece))))]
+        row_bytes = spec.dim * np.dtype(spec.dtype).itemsize
+        messages = []
+        for s, part in enumerate(parts):
+            per_piece = max(1, self._bound(s) // row_bytes)
+            messages += [Message(s, op, (), (_meta(frame, piece),), (piece,), (name,))
+                         for piece in np.array_split(part, max(1, -(-part.size // per_piece)))]
+        return messages
+
+    def _bound(self, server: int) -> int:
+        """The largest reply ``server`` sends: ``chunk_bytes``, or less if its message
+        limit is lower (it refuses to build a larger reply)."""
+        limit = self.limits[server] if server < len(self.limits) else None
+        return self.chunk_bytes if limit is None else max(
+            1, min(self.chunk_bytes, limit - HEADER_ALLOWANCE))
 
     def push(self, name: str, ids: Any, updates: Any, pull_ids: Any | None,
              options: dict[str, Any], pull: bool) -> Call:
         spec = self.spec(name)
         ids = _ids(name, ids)
-        rows = np.asarray(updates, dtype=spec.dtype)
+        given = np.asarray(updates)
+        if given.dtype.kind not in "fiu":
+            raise ShapeMismatchError("bad_dtype", f"row updates for {name!r} must be real "
+                                                  f"numbers, got {given.dtype}")
+        rows = given.astype(spec.dtype, copy=False)
         if rows.shape != (*ids.shape, spec.dim):
             raise ShapeMismatchError(
                 "shape_mismatch", f"row updates for {name!r} must have shape "
@@ -99,14 +113,13 @@ class RowCalls:
         row_bytes = spec.dim * np.dtype(spec.dtype).itemsize
         # The pull half rides along when it is small; else it follows as pulls in pieces
         # (on the same sockets, so after the push, and waiting for its round like it).
-        along = pull and max(p.size for p in wanted) * row_bytes <= self.chunk_bytes
+        along = pull and all(p.size * row_bytes <= self._bound(s) for s, p in enumerate(wanted))
         op = Op.PUSH_PULL_ROWS if along else Op.PUSH_ROWS
         messages = []
         for s, (part, index) in enumerate(zip(_parts(split), split.parts, strict=True)):
-            extra = dict(options) if s == 0 else {k: v for k, v in options.items()
-                                                  if k != "loss"}  # one loss report a push
+            # (every server hears the loss: each keeps its own rates, as for dense pushes)
             message = self._push_message(s, op, name, part, summed[index],
-                                         wanted[s] if along else None, extra)
+                                         wanted[s] if along else None, dict(options))
             self._check_size(name, message)
             messages.append(message)
         if pull and not along:
@@ -154,11 +167,10 @@ def _ids(name: str, ids: Any) -> np.ndarray:
     array = np.asarray(ids)
     if array.size == 0:
         return array.astype(np.int64)  # (an empty list reads as float64)
-    if array.dtype.kind not in "iu" or (array.dtype.kind == "u" and array.size
-                                         and int(array.max()) > 2**63 - 1):
+    if array.dtype.kind not in "iu":
         raise ShapeMismatchError("bad_dtype", f"row ids of {name!r} must be integers "
                                               f"(int64), got {array.dtype}")
-    return array.astype(np.int64, copy=False)
+    return array.astype(np.int64, copy=False)  # (uint64 ids keep their bits, as int64)
 
 
 def _parts(split: RowBatch) -> list[np.ndarray]:

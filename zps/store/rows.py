@@ -58,7 +58,7 @@ def parse_row_spec(wire: Any) -> RowSpec:
     dim, dtype = wire.get("dim"), wire.get("dtype", "float32")
     if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= MAX_DIM:
         raise BadRowSpec(f"row dim must be an integer in 1..{MAX_DIM}, got {dim!r}")
-    if dtype not in ROW_DTYPES:
+    if not isinstance(dtype, str) or dtype not in ROW_DTYPES:
         raise BadRowSpec(f"row dtype must be one of {ROW_DTYPES}, got {dtype!r}")
     admit = wire.get("admit_after", 1)
     if not _int(admit) or not 1 <= admit <= 1 << 16:
