@@ -83,6 +83,84 @@ def test_async_with_a_straggler_and_two_servers_finishes(tmp_path: Path,
     assert [r["steps"] for r in results] == [30, 30, 30]
 
 
+FAST_BEATS = ["--heartbeat-interval", "0.2"]  # a dead worker is noticed in a second
+
+
+def rounds_applied(address: str) -> int:
+    with zps.Client([address], role="observer", heartbeat_interval=0) as probe:
+        tables = probe.stats()[0]["tables"]
+        return max((t["rounds"] for t in tables), default=0)
+
+
+def test_a_sigkilled_worker_does_not_stop_the_others(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZPS_TEST_SUICIDE", "1")  # worker 0 kills itself halfway
+    results = run_workers(tmp_path, monkeypatch, "long_run", 3,
+                          ["--mode", "sync", *FAST_BEATS, "--liveness", "5"],
+                          ["--epochs", "40", *FAST_BEATS])
+    assert results[0] == {"code": -9}
+    assert [r["steps"] for r in results[1:]] == [40, 40]
+
+
+def test_quorum_rounds_with_a_straggler_finish(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    results = run_workers(tmp_path, monkeypatch, "long_run", 3,
+                          ["--mode", "sync", "--quorum", "2"],
+                          ["--epochs", "30", "--slow", "0.05"])
+    assert [r["steps"] for r in results] == [30, 30, 30]
+
+
+@pytest.mark.timeout(300)
+def test_training_goes_on_when_the_primary_dies_during_backward(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def kill_primary(cluster: LocalCluster) -> None:
+        from .conftest import wait_for
+
+        wait_for(lambda: rounds_applied(cluster.addresses[0]) >= 40, timeout=120,
+                 what="40 rounds on the primary")
+        cluster.kill_server(0)  # workers are in backward or waiting on a round: both kill it
+
+    results = run_workers(tmp_path, monkeypatch, "long_run", 2, ["--mode", "sync"],
+                          ["--epochs", "150"], standbys=True, during=kill_primary)
+    assert [r["steps"] for r in results] == [150, 150]
+    assert "promoted" in (tmp_path / "standby0.log").read_text()
+
+
+@pytest.mark.timeout(400)
+def test_the_mnist_example_on_four_workers_reaches_its_single_process_accuracy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zps.jobs.runner import JobContext
+    from zps.jobs.torch_digits import single_process
+
+    torch.set_num_threads(1)  # (idle torch threads spin, starving the workers)
+    alone = single_process(JobContext(epochs=14, batch_size=16, lr=1.0, progress=False))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_servers(1, ["--mode", "sync", "--workers", "4"])
+        for index in range(4):  # the job's defaults: 14 epochs, batches of 16, Adadelta
+            cluster.start_worker(["--job", "torch-digits", "--num-workers", "4",
+                                  "--worker-index", str(index), "--quiet",
+                                  "--metrics-out", str(tmp_path / f"w{index}.json")])
+        assert cluster.wait_workers(timeout=300) == [0, 0, 0, 0]
+    accuracies = {json.loads((tmp_path / f"w{i}.json").read_text())["test_accuracy"]
+                  for i in range(4)}
+    assert len(accuracies) == 1  # sync: every worker holds the same model
+    assert accuracies.pop() >= alone["test_accuracy"] - 0.015 >= 0.95
+
+
+@pytest.mark.timeout(400)
+def test_the_torch_ctr_demo_learns(tmp_path: Path) -> None:
+    from .conftest import run_cli
+
+    result = run_cli("zps.cli.demo", "--job", "torch-ctr", "--workers", "2", "--servers",
+                     "1", "--no-standby", "--epochs", "1", "--quiet", "--out", str(tmp_path),
+                     timeout=400)
+    assert "final test AUC" in result.stdout, result.stdout + result.stderr
+    got = json.loads((tmp_path / "worker0.json").read_text())
+    assert got["test_auc"] > got["best_auc"] - 0.05  # the best: 0.835; chance: 0.5
+    assert (tmp_path / "auc.png").exists()
+
+
 # ---------------------------------------------------------------- in one process
 
 

@@ -56,17 +56,23 @@ def plot_losses(results: list[dict[str, Any]], path: Path, title: str) -> None:
     _finish(fig, ax, path, title, "step (one push_pull)", "training loss (cross-entropy)")
 
 
+CTR_JOBS = ("ctr", "torch-ctr")
+EPOCHS = {"ctr": 2, "torch-ctr": 2, "torch-digits": 14}  # default: 100 (digits)
+
+
 def total_rounds(workers: int, epochs: int, job: str = "digits-mlp") -> int:
     """Rounds the built-in jobs run (every worker runs as many steps as the largest shard)."""
-    if job == "ctr":
+    if job in CTR_JOBS:
         from zps.jobs.ctrdata import TRAIN
 
-        examples, batch_size = TRAIN, 4096
-    else:
-        from zps.jobs.data import load_digits
+        examples, batch_size = TRAIN, 4096 if job == "ctr" else 1024
+        return epochs * math.ceil(math.ceil(examples / workers) / batch_size)
+    from zps.jobs.data import load_digits
 
-        examples, batch_size = len(load_digits().x_train), 32
-    return epochs * math.ceil(math.ceil(examples / workers) / batch_size)
+    examples = len(load_digits().x_train)
+    if job == "torch-digits":  # equal shares, batches of 16
+        return epochs * math.ceil(examples // workers / 16)
+    return epochs * math.ceil(math.ceil(examples / workers) / 32)
 
 
 def plot_auc(results: list[dict[str, Any]], path: Path, title: str, best: float) -> None:
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="make worker 0 a straggler: extra seconds per step")
     parser.add_argument("--job", default="digits-mlp")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="passes over each worker's shard (100 for digits, 2 for ctr)")
+                        help="passes over each worker's shard (100 for digits, 14 for "
+                             "torch-digits, 2 for ctr and torch-ctr)")
     parser.add_argument("--out", default="out/demo", help="folder for logs, results, plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-standby", action="store_true",
@@ -173,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                              "takes over and the workers carry on")
     args = parser.parse_args(joined_values(sys.argv[1:] if argv is None else argv))
     if args.epochs is None:
-        args.epochs = 2 if args.job == "ctr" else 100
+        args.epochs = EPOCHS.get(args.job, 100)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -203,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             print("hot standbys on " + ", ".join(cluster.standby_addresses), flush=True)
         for index in range(args.workers):
             extra = ["--quiet"] if args.quiet else []
-            if args.job == "ctr":
-                extra += ["--eval-every", "10"]
+            if args.job in CTR_JOBS:  # an AUC timeline (torch-ctr's forward costs more)
+                extra += ["--eval-every", "10" if args.job == "ctr" else "50"]
             if index == 0 and args.slow:
                 extra += ["--slow", str(args.slow)]
             cluster.start_worker([
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print("standby0 log: " + (promoted[0] if promoted else "no takeover logged"))
     results = [json.loads((out / f"worker{i}.json").read_text()) for i in range(args.workers)]
     title = f"zps demo: {args.job}, {args.workers} workers, {args.mode}"
-    if args.job == "ctr":
+    if args.job in CTR_JOBS:
         return report_ctr(results, out, title, time.perf_counter() - start)
     acc = float(np.mean([r["test_accuracy"] for r in results]))
     plot = out / "loss.png"

@@ -32,14 +32,18 @@ OPTIONS = (
     Option("servers", str, "tcp://127.0.0.1:5570",
            "comma-separated server endpoints, the same list and order on every worker"),
     Option("job", str, "digits-mlp",
-           "digits-mlp, digits-softmax, or package.module:function"),
+           "digits-mlp, digits-softmax, ctr, torch-digits, torch-ctr, or "
+           "package.module:function"),
     Option("worker-index", int, 0, "this worker's shard index, 0..num-workers-1"),
     Option("num-workers", positive_int, 1, "how many workers share the training data"),
     Option("epochs", positive_int, None,
-           "passes over this worker's shard (default: 30 for digits, 2 for ctr)"),
-    Option("batch-size", positive_int, None, "examples per step (default: 32; ctr 4096)"),
+           "passes over this worker's shard (default: 30 for digits, 2 for ctr and torch-ctr, "
+           "14 for torch-digits)"),
+    Option("batch-size", positive_int, None,
+           "examples per step (default: 32; ctr 4096, torch-digits 16, torch-ctr 1024)"),
     Option("lr", positive_float, None,
-           "learning rate of the built-in jobs (default: 0.5; ctr: FTRL's 0.1)"),
+           "learning rate of the built-in jobs (default: 0.5; ctr: FTRL's 0.1; "
+           "torch-digits: Adadelta's 1.0; torch-ctr: 0.05)"),
     Option("seed", int, 0, "seed for data split and initial parameters (same on all workers)"),
     Option("slow", non_negative_float, 0.0,
            "extra seconds per step, to play a straggler in demos and benchmarks"),
@@ -76,6 +80,10 @@ def job_defaults(job: str) -> dict[str, Any]:
     """Epochs, batch size and learning rate a built-in job trains with unless told."""
     if job == "ctr":
         return {"epochs": 2, "batch_size": 4096, "lr": 0.1}
+    if job == "torch-digits":  # PyTorch's MNIST example: Adadelta at lr 1.0, 14 epochs
+        return {"epochs": 14, "batch_size": 16, "lr": 1.0}
+    if job == "torch-ctr":
+        return {"epochs": 2, "batch_size": 1024, "lr": 0.05}
     return {"epochs": 30, "batch_size": 32, "lr": 0.5}
 
 

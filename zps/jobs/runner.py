@@ -110,10 +110,24 @@ def _ctr_job(ps: Any, ctx: JobContext) -> dict[str, Any]:
     return train_ctr(ps, ctx)
 
 
+def _torch_job(module: str) -> Job:
+    def job(ps: Any, ctx: JobContext) -> dict[str, Any]:
+        try:
+            jobs = importlib.import_module(f"zps.jobs.{module}")
+        except ImportError as exc:
+            if "torch" not in str(exc):
+                raise
+            raise ConfigError("the torch jobs need PyTorch: pip install 'zps[torch]'") from None
+        return jobs.run(ps, ctx)  # type: ignore[no-any-return]
+    return job
+
+
 BUILTIN_JOBS: dict[str, Job] = {
     "digits-mlp": _digits_job("mlp"),
     "digits-softmax": _digits_job("softmax"),
     "ctr": _ctr_job,
+    "torch-digits": _torch_job("torch_digits"),
+    "torch-ctr": _torch_job("torch_ctr"),
 }
 
 
