@@ -144,7 +144,8 @@ def test_every_listed_command_runs(command: str, tmp_path: Path) -> None:
     if command.startswith("python -m zps.cli.demo"):
         args = shlex.split(command)[3:]
         if "--help" not in args:
-            budget = ["--epochs", "1", "--quiet"] if "ctr" in args else DEMO_BUDGET
+            budget = (["--epochs", "1", "--quiet"] if "ctr" in " ".join(args) else
+                      ["--quiet"] if "torch-digits" in args else DEMO_BUDGET)
             args += [*budget, "--out", str(tmp_path)]
         out = run([sys.executable, "-m", "zps.cli.demo", *args]).stdout
         assert "--help" in args or "final test accuracy" in out or "final test AUC" in out

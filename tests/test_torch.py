@@ -24,9 +24,11 @@ from .torch_jobs import STEPS, batches, local_optimizer, small_model  # noqa: E4
 F = torch.nn.functional
 
 
-def single_process(server_optimizer: bool, lr: float = 0.1) -> dict[str, torch.Tensor]:
-    """What the two-worker job must match: one process, whole batches."""
+def single_process(server_optimizer: bool, start: dict[str, Any],
+                   lr: float = 0.1) -> dict[str, torch.Tensor]:
+    """What the two-worker job must match: one process, whole batches, from ``start``."""
     model = small_model()
+    model.load_state_dict({n: torch.tensor(v) for n, v in start.items()})
     if server_optimizer:
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     else:
@@ -68,8 +70,9 @@ def test_two_workers_on_half_batches_match_one_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server_optimizer: bool) -> None:
     args = ["--lr", "0.1"] + (["--server-optimizer", "adam:0.01"] if server_optimizer else [])
     results = run_workers(tmp_path, monkeypatch, "halves", 2, ["--mode", "sync"], args)
-    expected = single_process(server_optimizer)
+    expected = single_process(server_optimizer, results[0]["start"])
     for result in results:
+        assert result["start"] == results[0]["start"]  # broadcast: the same start
         assert result["steps"] == STEPS
         for name, value in result["params"].items():
             np.testing.assert_allclose(np.array(value, np.float32),

@@ -41,7 +41,8 @@ def halves(ps: Any, ctx: Any) -> dict[str, Any]:
     opt = zt.DistributedOptimizer(local_optimizer(model, ctx.lr), ps,
                                   named_parameters=model.named_parameters(),
                                   server_optimizer=ctx.server_optimizer, bucket_bytes=256)
-    zt.broadcast_parameters(ps, model)
+    zt.broadcast_parameters(ps, model)  # the first worker's values win, whichever it is
+    start = {n: p.detach().tolist() for n, p in model.named_parameters()}
     xs, ys = batches()
     share = BATCH // ctx.num_workers
     part = slice(ctx.worker_index * share, (ctx.worker_index + 1) * share)
@@ -53,7 +54,7 @@ def halves(ps: Any, ctx: Any) -> dict[str, Any]:
             time.sleep(ctx.slow)
         opt.step()
     return {"params": {n: p.detach().tolist() for n, p in model.named_parameters()},
-            "steps": STEPS}
+            "start": start, "steps": STEPS}
 
 
 def long_run(ps: Any, ctx: Any) -> dict[str, Any]:

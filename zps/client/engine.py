@@ -364,12 +364,10 @@ class Engine:
         timeout = pending.call.timeout
         pending.deadline = now + (self.config.timeout if timeout is None else timeout)
         try:
-            frames = self._frames(pending)
+            self._sends.append((pending.endpoint, self._frames(pending)))
         except (TypeError, ValueError) as exc:  # (an option msgpack cannot carry)
-            self._complete(pending.call, ConfigError(
-                f"cannot send {pending.message.op}: {exc}; give plain numbers and strings"))
-            return
-        self._sends.append((pending.endpoint, frames))
+            self._complete(pending.call, ConfigError(f"cannot send {pending.message.op}: "
+                                                     f"{exc}; give plain numbers and strings"))
 
     def _frames(self, pending: Pending) -> list[Any]:
         message = pending.message
@@ -386,17 +384,15 @@ class Engine:
         """The requests in flight to ``shard``."""
         return [p for p in self._inflight.values() if p.message.server == shard]
 
-    def new_id(self) -> int:
-        """A fresh request id (for hellos and watches, which no server tracks)."""
-        return self._rid()
-
     def add_send(self, endpoint: int, frames: list[Any]) -> None:
         self._sends.append((endpoint, frames))
 
-    def _rid(self) -> int:
-        rid = self._next_id
+    def new_id(self) -> int:
+        """A fresh request id (hellos and watches too, which no server tracks)."""
         self._next_id += 1
-        return rid
+        return self._next_id - 1
+
+    _rid = new_id
 
     def _complete(self, call: Call, error: BaseException | None = None) -> None:
         if call.done:
