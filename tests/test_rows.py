@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zps.client.rowplace import batch, shard_of
 from zps.store.errors import BadIds, BadRowSpec
 from zps.store.idindex import IdIndex, mix64
 from zps.store.rowinit import initial_rows, parse_init, table_seed
+from zps.store.rowplace import batch, shard_of
 from zps.store.rows import RowTable, parse_row_spec
 
 int64s = st.integers(-(2**63), 2**63 - 1)

@@ -412,8 +412,8 @@ def test_pieces_of_a_row_change_are_applied_together_on_the_standby(
 def test_pieces_fit_a_server_limit_below_chunk_bytes(start_server) -> None:
     """Regression: a pull answered in one piece over the server's limit was refused, and
     the push of a push_pull_rows was applied on the other server all the same."""
-    from zps.client.rowplace import shard_of
     from zps.protocol import Limits
+    from zps.store.rowplace import shard_of
 
     servers = [start_server(mode="async", limits=Limits(max_message_bytes=1 << 20))
                for _ in range(2)]

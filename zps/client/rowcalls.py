@@ -14,11 +14,11 @@ import numpy as np
 
 from zps.client.calls import Call
 from zps.client.plans import HEADER_ALLOWANCE, Message
-from zps.client.rowplace import RowBatch, batch
 from zps.codecs import Codec
 from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
 from zps.protocol import EncodedMeta, Op, TensorMeta
 from zps.store.errors import BadRowSpec
+from zps.store.rowplace import RowBatch, batch
 from zps.store.rows import RowSpec, parse_row_spec
 
 ROW_CODECS = ("fp16", "int8")

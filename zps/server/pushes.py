@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zps.client.rowplace import batch
 from zps.codecs import Compressed, Encoded, check_parts, codec_for
 from zps.errors import ProtocolError
 from zps.protocol import ROW_OPS, EncodedMeta, Request
@@ -21,6 +20,7 @@ from zps.server.rounds import Contribution, SyncRounds
 from zps.server.state import ServerState
 from zps.store import APPLIED, NEW, DenseTable
 from zps.store.errors import BadIds
+from zps.store.rowplace import batch
 from zps.store.store import RowPayload
 from zps.store.tables import Update
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from zps.client.rowplace import batch
 from zps.codecs import Compressed, add_scaled
 from zps.consistency import BspRounds, ClosedRound
 from zps.consistency.aggregate import parse_rule, trim_count
 from zps.server.state import ServerState
+from zps.store.rowplace import batch
 from zps.store.store import RowPayload
 from zps.store.tables import Update
 

@@ -101,9 +101,11 @@ def _row_states(store: Store) -> tuple[RowState, ...]:
 
 def freeze_snapshot(store: Store, epoch: int, extra: dict[str, Any],
                     hold: Reader) -> Snapshot:
-    """A snapshot of ``store`` now that copies no array: its arrays are the tables' own
+    """A snapshot of ``store`` now that copies no dense array: those are the tables' own
     buffers and optimizer state, which later updates leave alone (writing elsewhere) until
-    ``hold.done``. Use it only while the hold lasts. Raises as ``take_snapshot``."""
+    ``hold.done``. Row tables are compacted into new arrays (stored rows in id order), a
+    copy made here, on the caller's thread. Use it only while the hold lasts. Raises as
+    ``take_snapshot``."""
     states = []
     for table in store:
         table.pin(hold)
@@ -222,7 +224,7 @@ def encode_snapshot(snapshot: Snapshot) -> tuple[bytes, list[np.ndarray]]:
         })
     rows: list[dict[str, Any]] = []
     for r in snapshot.rows:
-        arrays.extend(np.ascontiguousarray(a) for a in r.arrays.values())
+        arrays.extend(_wire_array(a) for a in r.arrays.values())
         rows.append({"name": r.name, "spec": r.spec, "share": r.share, "version": r.version,
                      "counters": list(r.counters),
                      "arrays": [[k, *_array_to_wire(a)] for k, a in r.arrays.items()]})
