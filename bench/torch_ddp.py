@@ -14,15 +14,19 @@ with plain SGD, four ways:
 compute ceiling.) For each W one set of worker processes holds one model per variant and
 runs every variant in turn, ``--reps`` times, the order rotated each repetition; each time
 a few warmup steps are excluded and then ``--steps`` steps are timed (a cell's rate: its
-steps over the slowest worker's time). The figures are the medians over repetitions. Every
-worker process uses ``torch.set_num_threads(1)``; the servers are extra processes on the
-same cores. Each row also shows where a worker's step time went: ``fwd+bwd`` (forward and
-backward: DDP's allreduce and zps's overlapped sends happen there) and ``step``
-(``opt.step()``: zps waits for its replies there). At the end, the models are compared:
-every worker's zps model holds the same values, and uncompressed zps trains the same
-parameters as DDP (synchronous SGD both).
+steps over the slowest worker's time). The figures are the medians over repetitions.
 
-    python bench/torch_ddp.py                      # W = 2 and 4, 3 reps (~4 min on 2 cores)
+Every worker process uses ``torch.set_num_threads(1)``; the servers are extra processes on
+the same cores. Each row also shows where the time and the CPU went, per step: a worker's
+``fwd+bwd`` (forward and backward: DDP's allreduce and zps's overlapped sends happen
+there) and ``step`` (``opt.step()``: zps waits for its replies there), a worker's CPU
+time (all its threads: ZeroMQ's and gloo's too) and the servers'. ``other load`` is the
+cores that processes outside the benchmark kept busy meanwhile (from /proc/stat): a cell
+with more than 0.25 is measured again (``--retries``) and the least noisy measurement
+kept. At the end, the models are compared: every worker's zps model holds the same values,
+and uncompressed zps trains the same parameters as DDP (synchronous SGD both).
+
+    python bench/torch_ddp.py                      # W = 2 and 4, 3 reps (2-4 min on 2 cores)
     python bench/torch_ddp.py --quick              # W = 2 and 4, 2 reps, fewer steps (~1 min)
     python bench/torch_ddp.py --profile zps        # + cProfile of worker 0's timed zps steps
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import faulthandler
 import io
 import json
 import math
@@ -39,9 +44,11 @@ import os
 import platform
 import pstats
 import queue
+import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -59,7 +66,6 @@ VARIANTS = ("ddp", "zps", "int8", "nooverlap", "local")
 DEFAULT_VARIANTS = "ddp,zps,int8,nooverlap"
 LR = 0.05
 NOISY_CORES = 0.25  # cores busy with other processes that make a row noisy
-CELL_TIMEOUT = 300.0  # seconds a cell may take before the run is given up
 
 
 # ---------------------------------------------------------------- the model
@@ -98,9 +104,13 @@ def parameter_count(width: int, depth: int) -> int:
 
 
 def _worker(rank: int, world: int, port: int, servers: list[str], cfg: dict[str, Any],
-            schedule: list[tuple[int, str]], barrier: Any, out: Any) -> None:
+            schedule: list[tuple[int, str]], barrier: Any, again: Any, out: Any) -> None:
+    """One worker: set up every variant, then run the cells of ``schedule`` in step with
+    the other workers and the parent (``barrier``: before each timed part, and after it,
+    when the parent has said in ``again`` whether to measure the cell once more)."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks on a hang
     try:
-        _train(rank, world, port, servers, cfg, schedule, barrier, out)
+        _train(rank, world, port, servers, cfg, schedule, barrier, again, out)
     except BaseException:
         out.put(("error", rank, traceback.format_exc()))
         barrier.abort()  # the others stop waiting for this one
@@ -108,7 +118,7 @@ def _worker(rank: int, world: int, port: int, servers: list[str], cfg: dict[str,
 
 
 def _train(rank: int, world: int, port: int, servers: list[str], cfg: dict[str, Any],
-           schedule: list[tuple[int, str]], barrier: Any, out: Any) -> None:
+           schedule: list[tuple[int, str]], barrier: Any, again: Any, out: Any) -> None:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -123,7 +133,7 @@ def _train(rank: int, world: int, port: int, servers: list[str], cfg: dict[str, 
     y = torch.randint(0, CLASSES, (cfg["batch"],), generator=gen)
     if "ddp" in variants:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world, timeout=timedelta(seconds=CELL_TIMEOUT))
+                                world_size=world, timeout=timedelta(seconds=cfg["timeout"]))
     ps = zps.Client(servers) if any(v in ("zps", "int8", "nooverlap") for v in variants) \
         else None
     models: dict[str, Any] = {}
@@ -145,41 +155,52 @@ def _train(rank: int, world: int, port: int, servers: list[str], cfg: dict[str, 
                     codec="int8" if variant == "int8" else None)
                 zt.broadcast_parameters(ps, model, prefix=f"{variant}/")
         steps[variant] = _stepper(net, opt, x, y)
-    barrier.wait(CELL_TIMEOUT)
+    taken = dict.fromkeys(variants, 0)  # steps each model has trained
+    barrier.wait(cfg["timeout"])
     for rep, variant in schedule:
-        step = steps[variant]
-        for _ in range(cfg["warmup"]):
-            step()
-        barrier.wait(CELL_TIMEOUT)
-        profiler = cProfile.Profile() if rank == 0 and variant == cfg["profile"] else None
-        fwd_bwd = in_step = 0.0
-        if profiler is not None:
-            profiler.enable()
-        busy0, server0 = (machine_busy(), process_cpu(cfg["server_pids"])) if rank == 0 \
-            else (None, None)
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(cfg["steps"]):
-            a, b, loss = step()
-            fwd_bwd += a
-            in_step += b
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        busy, server = (machine_busy(), process_cpu(cfg["server_pids"])) if rank == 0 \
-            else (None, None)
-        if profiler is not None:
-            profiler.disable()
-            text = io.StringIO()
-            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
-            out.put(("profile", rank, (rep, variant, text.getvalue())))
-        out.put(("cell", rank, {
-            "rank": rank, "rep": rep, "variant": variant, "seconds": elapsed, "fwd_bwd": fwd_bwd,
-            "step": in_step, "loss": loss, "cpu": cpu,
-            "machine_busy": _delta(busy0, busy), "server_cpu": _delta(server0, server)}))
-    out.put(("final", rank, _fingerprints(models)))
-    barrier.wait(CELL_TIMEOUT)  # nobody leaves (closing gloo, saying bye) while others step
+        while True:
+            taken[variant] += cfg["warmup"] + cfg["steps"]
+            for _ in range(cfg["warmup"]):
+                steps[variant]()
+            barrier.wait(cfg["timeout"])
+            out.put(("cell", rank, _timed(rank, rep, variant, steps[variant], cfg, out)))
+            barrier.wait(cfg["timeout"])  # the parent has decided
+            if not again.value:
+                break
+    out.put(("final", rank, {"rank": rank, **_fingerprints(models, taken)}))
+    barrier.wait(cfg["timeout"])  # nobody leaves (closing gloo, saying bye) while others step
     if ps is not None:
         ps.close()
     if "ddp" in variants:
         dist.destroy_process_group()
+
+
+def _timed(rank: int, rep: int, variant: str, step: Callable[[], tuple[float, float, float]],
+           cfg: dict[str, Any], out: Any) -> dict[str, Any]:
+    """``cfg["steps"]`` timed steps: this worker's times and CPU; on worker 0 also the
+    servers' CPU and the machine's busy time (and a profile, if asked for)."""
+    profiler = cProfile.Profile() if rank == 0 and variant == cfg["profile"] else None
+    fwd_bwd = in_step = loss = 0.0
+    if profiler is not None:
+        profiler.enable()
+    busy0, server0 = (machine_busy(), process_cpu(cfg["server_pids"])) if rank == 0 \
+        else (None, None)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(cfg["steps"]):
+        a, b, loss = step()
+        fwd_bwd += a
+        in_step += b
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    busy, server = (machine_busy(), process_cpu(cfg["server_pids"])) if rank == 0 \
+        else (None, None)
+    if profiler is not None:
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
+        out.put(("profile", rank, (rep, variant, text.getvalue())))
+    return {"rank": rank, "rep": rep, "variant": variant, "seconds": elapsed,
+            "fwd_bwd": fwd_bwd, "step": in_step, "loss": loss, "cpu": cpu,
+            "machine_busy": _delta(busy0, busy), "server_cpu": _delta(server0, server)}
 
 
 def _delta(before: float | None, after: float | None) -> float | None:
@@ -223,9 +244,9 @@ def _stepper(net: Any, opt: Any, x: Any,
     return step
 
 
-def _fingerprints(models: dict[str, Any]) -> dict[str, Any]:
-    """Per variant: the sum of all parameters (float64), and the largest difference of any
-    parameter from the DDP model's."""
+def _fingerprints(models: dict[str, Any], taken: dict[str, int]) -> dict[str, Any]:
+    """Per variant: the steps its model took, the sum of all its parameters (float64), and
+    the largest difference of any parameter from the DDP model's."""
     import torch
 
     found: dict[str, Any] = {}
@@ -238,7 +259,7 @@ def _fingerprints(models: dict[str, Any]) -> dict[str, Any]:
             if ref is not None:
                 diff = max(float((p - q).abs().max())
                            for p, q in zip(params, ref.parameters(), strict=True))
-        found[variant] = {"sum": total, "max_diff_ddp": diff}
+        found[variant] = {"steps": taken[variant], "sum": total, "max_diff_ddp": diff}
     return found
 
 
@@ -253,49 +274,47 @@ def free_port() -> int:
 
 def run_world(world: int, args: argparse.Namespace, cfg: dict[str, Any],
               variants: list[str]) -> dict[str, Any]:
-    """Start the servers and ``world`` workers, run every cell; the cells' results."""
+    """Start the servers and ``world`` workers and run every cell; the cells' results (a
+    cell measured again for noise: its least noisy measurement)."""
     schedule = [(rep, variants[(i + rep) % len(variants)])
                 for rep in range(args.reps) for i in range(len(variants))]
     mpc = mp.get_context("spawn")
-    barrier, out = mpc.Barrier(world), mpc.Queue()
+    barrier, again, out = mpc.Barrier(world + 1), mpc.Value("i", 0), mpc.Queue()
     cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    finals: dict[int, dict[str, Any]] = {}
-    profiles: list[tuple[int, str, str]] = []
+    profiles: dict[tuple[int, str], str] = {}
+    retried = 0
     out_dir = Path(args.out).parent / f"torch_ddp-w{world}"
     with LocalCluster(out_dir) as cluster:
         cluster.start_servers(args.servers, ["--mode", "sync", "--workers", str(world),
                                              "--log-level", "warning"])
         cfg = {**cfg, "server_pids": [proc.pid for proc in cluster.servers]}
         port = free_port()
-        procs = [mpc.Process(target=_worker, args=(rank, world, port, cluster.addresses,
-                                                    cfg, schedule, barrier, out))
+        procs = [mpc.Process(target=_worker, args=(rank, world, port, cluster.addresses, cfg,
+                                                    schedule, barrier, again, out))
                  for rank in range(world)]
         for proc in procs:
             proc.start()
+        inbox = Inbox(out, procs, barrier, profiles, cfg["timeout"])
         try:
-            deadline = time.monotonic() + CELL_TIMEOUT
-            while len(finals) < world:
-                try:
-                    kind, rank, body = out.get(timeout=1.0)
-                except queue.Empty:
-                    dead = [p for p in procs if p.exitcode not in (None, 0)]
-                    if dead:
-                        raise RuntimeError(f"a worker exited with {dead[0].exitcode}") from None
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"no result within {CELL_TIMEOUT:g} s") from None
-                    continue
-                deadline = time.monotonic() + CELL_TIMEOUT
-                if kind == "error":
-                    raise RuntimeError(f"worker {rank} failed:\n{body}")
-                if kind == "profile":
-                    profiles.append(body)
-                elif kind == "final":
-                    finals[rank] = body
-                else:
-                    key = (body["rep"], body["variant"])
-                    cells.setdefault(key, []).append(body)
-                    if len(cells[key]) == world:
-                        report_cell(world, cfg["steps"], cells[key])
+            inbox.meet()  # every worker set up
+            for key in schedule:
+                for attempt in range(args.retries + 1):
+                    inbox.meet()  # warmed up: go
+                    ranks = inbox.take("cell", world)
+                    other = cell_figures(cfg["steps"], ranks)["other_cores"]
+                    noisy = other is not None and other > NOISY_CORES
+                    best = cells.get(key)
+                    if best is None or (other or 0.0) < (
+                            cell_figures(cfg["steps"], best)["other_cores"] or 0.0):
+                        cells[key] = ranks
+                    again.value = int(noisy and attempt < args.retries)
+                    retried += again.value
+                    report_cell(world, cfg["steps"], ranks, " (noisy: again)" * again.value)
+                    inbox.meet()
+                    if not again.value:
+                        break
+            finals = {body["rank"]: body for body in inbox.take("final", world)}
+            inbox.meet()  # everyone done: they may leave
             for proc in procs:
                 proc.join(30)
         finally:
@@ -303,7 +322,79 @@ def run_world(world: int, args: argparse.Namespace, cfg: dict[str, Any],
                 if proc.is_alive():
                     proc.terminate()
                     proc.join(10)
-    return {"cells": cells, "finals": finals, "profiles": profiles}
+    return {"cells": cells, "finals": finals, "retried": retried,
+            "profiles": [(rep, v, text) for (rep, v), text in profiles.items()]}
+
+
+class Inbox:
+    """The parent's side of the workers' queue and barrier; a worker's failure (its
+    traceback, or its exit code) is raised as ``RuntimeError`` wherever the parent waits."""
+
+    def __init__(self, out: Any, procs: list[Any], barrier: Any,
+                 profiles: dict[tuple[int, str], str], timeout: float) -> None:
+        self.out, self.procs, self.barrier, self.profiles = out, procs, barrier, profiles
+        self.timeout = timeout
+
+    def meet(self) -> None:
+        try:
+            self.barrier.wait(self.timeout)
+        except threading.BrokenBarrierError:
+            self._failed(drain=True)
+            self._dump()
+            raise RuntimeError(f"the workers did not meet within {self.timeout:g} s") from None
+
+    def take(self, kind: str, count: int) -> list[dict[str, Any]]:
+        """The next ``count`` messages of ``kind`` (profiles are kept on the way)."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.timeout
+        while len(got) < count:
+            try:
+                what, _, body = self.out.get(timeout=1.0)
+            except queue.Empty:
+                self._failed()
+                if time.monotonic() > deadline:
+                    self._dump()
+                    raise RuntimeError(f"no result within {self.timeout:g} s (the workers' "
+                                       "stacks are above)") from None
+                continue
+            if what == "error":
+                self._raise(body)
+            if what == "profile":
+                rep, variant, text = body
+                self.profiles[(rep, variant)] = text
+            elif what == kind:
+                got.append(body)
+        return got
+
+    def _failed(self, drain: bool = False) -> None:
+        """Raise the exit code of a worker that died; with ``drain`` (the run is failing
+        anyway: what is queued is dropped), first the error a worker sent, if any."""
+        try:
+            while drain:
+                what, _, body = self.out.get(timeout=0.5)
+                if what == "error":
+                    self._raise(body)
+        except queue.Empty:
+            pass
+        dead = [p for p in self.procs if p.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"a worker exited with code {dead[0].exitcode}")
+
+    def _dump(self) -> None:
+        """Have every live worker print its threads' stacks (to stderr)."""
+        for proc in self.procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(2.0)
+
+    def _raise(self, text: str) -> None:
+        """A worker's traceback, its last line first; with the exit code of any worker that
+        died (whose death the others' errors are usually about)."""
+        time.sleep(1.0)
+        dead = [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(self.procs)
+                if p.exitcode not in (None, 0, 1)]
+        last = text.strip().splitlines()[-1]
+        raise RuntimeError("; ".join([*dead, f"a worker failed: {last}"]) + f"\n\n{text}")
 
 
 def cell_figures(steps: int, ranks: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -329,13 +420,13 @@ def ms(value: float | None, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.1f}"
 
 
-def report_cell(world: int, steps: int, ranks: list[dict[str, Any]]) -> None:
+def report_cell(world: int, steps: int, ranks: list[dict[str, Any]], note: str = "") -> None:
     r0, f = ranks[0], cell_figures(steps, ranks)
     other = "" if f["other_cores"] is None else f", other load {f['other_cores']:.2f} cores"
     print(f"  W={world} rep {r0['rep']} {r0['variant']:>9}: {f['steps_per_s']:6.2f} steps/s "
           f"(fwd+bwd {ms(f['fwd_bwd_ms'], 0)} ms, step {ms(f['step_ms'], 0)} ms, worker cpu "
           f"{ms(f['worker_cpu_ms'], 0)} ms, server cpu {ms(f['server_cpu_ms'], 0)} ms"
-          f"{other}; loss {r0['loss']:.3f})", flush=True)
+          f"{other}; loss {r0['loss']:.3f}){note}", flush=True)
 
 
 FIGURES = ("steps_per_s", "fwd_bwd_ms", "step_ms", "worker_cpu_ms", "server_cpu_ms",
@@ -362,8 +453,11 @@ def summarize(world: int, result: dict[str, Any], steps: int,
     finals = result["finals"]
     synced = [v for v in variants if v != "local"]  # (local workers each go their own way)
     agree = {v: len({finals[r][v]["sum"] for r in finals}) == 1 for v in synced}
-    diff = {v: finals[0][v]["max_diff_ddp"] for v in synced if v != "ddp"}
-    return {"workers": world, "variants": per, "ratios": ratios,
+    # (a cell measured again trained its model for more steps: that one is not compared)
+    ref = finals[0].get("ddp")
+    diff = {v: finals[0][v]["max_diff_ddp"] for v in synced
+            if ref is not None and v != "ddp" and finals[0][v]["steps"] == ref["steps"]}
+    return {"workers": world, "variants": per, "ratios": ratios, "retried": result["retried"],
             "workers_agree": agree, "max_diff_from_ddp": diff}
 
 
@@ -450,6 +544,11 @@ def main() -> int:
     parser.add_argument("--batch", type=positive, default=32, help="samples per worker")
     parser.add_argument("--bucket-mb", type=float, default=4.0,
                         help="DistributedOptimizer's bucket_bytes, in MiB")
+    parser.add_argument("--retries", type=non_negative, default=1,
+                        help="measure a cell again, up to this many times, while other "
+                             f"processes keep more than {NOISY_CORES} cores busy during it")
+    parser.add_argument("--timeout", type=positive, default=300,
+                        help="seconds a cell (or the setup) may take before the run stops")
     parser.add_argument("--variants", type=variant_list, default=DEFAULT_VARIANTS)
     parser.add_argument("--profile", choices=VARIANTS, default=None,
                         help="cProfile worker 0's timed steps of this variant")
@@ -471,7 +570,7 @@ def main() -> int:
     n_params = parameter_count(width, depth)
     cfg = {"width": width, "depth": depth, "batch": args.batch, "steps": args.steps,
            "warmup": args.warmup, "bucket_bytes": int(args.bucket_mb * (1 << 20)),
-           "profile": args.profile}
+           "profile": args.profile, "timeout": args.timeout}
     cores = os.cpu_count() or 1
     print(f"MLP {IN} -> {width} -> ({width} -> {width}) x {depth} -> {CLASSES}: "
           f"{n_params / 1e6:.1f}M float32 parameters ({n_params * 4 / 2**20:.0f} MiB), "
@@ -485,7 +584,11 @@ def main() -> int:
     rows = []
     profiles = []
     for world in args.workers:
-        result = run_world(world, args, cfg, args.variants)
+        try:
+            result = run_world(world, args, cfg, args.variants)
+        except RuntimeError as exc:
+            print(f"\nW={world}: {exc}", file=sys.stderr)
+            return 1
         rows.append(summarize(world, result, args.steps, args.variants))
         profiles += [(world, *p) for p in result["profiles"]]
     print_table(rows, args.variants)
@@ -494,9 +597,12 @@ def main() -> int:
         diffs = ", ".join(f"{v} {d:.2g}" for v, d in row["max_diff_from_ddp"].items()
                           if d is not None)
         agree = ", ".join(v for v, ok in row["workers_agree"].items() if not ok)
-        print(f"W={row['workers']}: every worker's model equal across workers: "
+        print(f"W={row['workers']}: {row['retried']} cell(s) measured again for noise; "
+              "every worker's model equal across workers: "
               f"{'yes' if not agree else 'NO for ' + agree}"
-              + (f"; largest parameter difference from DDP: {diffs}" if diffs else ""))
+              + (f"; largest parameter difference from DDP after the same steps: {diffs}"
+                 if diffs else "; not compared with DDP (cells measured again trained "
+                 "some models for more steps)"))
     noisy = [(row["workers"], v, p["other_cores"]) for row in rows
              for v, p in row["variants"].items()
              if p["other_cores"] is not None and p["other_cores"] > NOISY_CORES]

@@ -234,7 +234,7 @@ def test_a_third_backward_pass_before_step_is_refused(ps: Any) -> None:
                                   named_parameters=model.named_parameters())
     x, y = batches(steps=1)
     F.cross_entropy(model(x[0]), y[0]).backward()
-    with pytest.raises(zps.ConfigError, match="computed again after it was sent"):
+    with pytest.raises(zps.ConfigError, match="computed again after it was complete"):
         F.cross_entropy(model(x[0]), y[0]).backward()
     opt.step()  # what was sent is still received
 
@@ -326,11 +326,12 @@ def test_mistakes_get_one_sentence(ps: Any) -> None:
         zt.DistributedOptimizer(torch.optim.LBFGS(params), ps)
     with pytest.raises(zps.ConfigError, match="server_optimizer"):
         zt.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), ps, server_optimizer="adam")
+    old = zt.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), ps,
+                                  named_parameters=model.named_parameters())
     opt = zt.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), ps,
                                   named_parameters=model.named_parameters())
-    with pytest.raises(zps.ConfigError, match="already wrapped"):
-        zt.DistributedOptimizer(torch.optim.SGD(params, lr=0.1), ps,
-                                named_parameters=model.named_parameters())
+    with pytest.raises(zps.ConfigError, match="replaced by a newer one"):
+        old.step()  # the newest wrapper of the parameters took them over
     with pytest.raises(zps.ConfigError, match="once"):
         zt.DistributedOptimizer(opt, ps)
     model[0].weight.data = torch.zeros(32, 8)  # the model changed after wrapping
@@ -399,3 +400,132 @@ def test_prefetch_and_eval(ps: Any) -> None:
     assert feat["rows"] == 5  # evaluation never creates rows
     with pytest.raises(zps.ConfigError, match="integers"):
         emb(torch.tensor([1.5]))
+
+
+# ---------------------------------------------------------------- review regressions
+
+
+def test_buckets_go_out_in_the_same_order_when_some_parameters_get_no_gradient(
+        start_server: Any) -> None:
+    """Regression: sent as they became ready, two workers' buckets queued behind rounds
+    the other one had not sent (more than max_inflight buckets): both timed out."""
+    server = start_server(mode="sync", workers=2)
+    errors: list[BaseException] = []
+
+    def worker(index: int, model: torch.nn.Module) -> None:
+        try:
+            with zps.Client([server.address], timeout=5, retries=0, max_inflight=4) as ps:
+                opt = zt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                              ps, named_parameters=model.named_parameters(),
+                                              bucket_bytes=1)
+                for _ in range(3):
+                    opt.zero_grad()
+                    used = model[: 20 if index else 40]  # worker 1 leaves half unused
+                    used(torch.ones(2, 4)).sum().backward()
+                    opt.step()
+        except BaseException as exc:
+            errors.append(exc)
+
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(40))))
+    threads = [threading.Thread(target=worker, args=(i, m)) for i, m in enumerate(models)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_step_hooks_schedulers_made_before_wrapping_and_rewrapping(ps: Any) -> None:
+    model = small_model()
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(inner, step_size=1, gamma=0.5)  # before
+    opt = zt.DistributedOptimizer(inner, ps, named_parameters=model.named_parameters(),
+                                  bucket_bytes=64)  # several buckets
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    x, y = batches(steps=2)
+    for step in range(2):
+        plain_step(model, opt, x[step], y[step])
+        scheduler.step()
+    assert calls == ["pre", "post"] * 2  # once a step, not once a bucket
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    np.testing.assert_array_equal(ps.pull(["2.bias"])["2.bias"],
+                                  model[2].bias.detach().numpy())  # the steps went out
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+    with pytest.raises(zps.ConfigError, match="wrap the optimizer again"):
+        opt.step()
+    again = zt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), ps,
+                                    named_parameters=model.named_parameters())
+    plain_step(model, again, x[0], y[0])  # wrapping again works
+
+
+def test_a_parameter_given_new_storage_stays_in_step_with_the_servers(ps: Any) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 2))
+    opt = zt.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), ps,
+                                  named_parameters=model.named_parameters(), prefix="cl.")
+    model.to(memory_format=torch.channels_last)  # the conv weight: no longer contiguous
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.ones(2, 3, 4, 4).to(memory_format=torch.channels_last)).sum().backward()
+        opt.step()
+    for name, param in model.named_parameters():
+        np.testing.assert_allclose(ps.pull([f"cl.{name}"])[f"cl.{name}"],
+                                   param.detach().numpy(), atol=1e-7)
+
+
+def test_servers_with_a_default_optimizer_get_gradients(start_server: Any) -> None:
+    server = start_server(mode="sync", workers=1, optimizer={"name": "sgd", "lr": 0.5})
+    with zps.Client([server.address]) as ps:
+        weight = torch.nn.Parameter(torch.ones(3))
+        opt = zt.DistributedOptimizer(torch.optim.SGD([weight], lr=1.0), ps,
+                                      named_parameters=[("w", weight)])
+        opt.zero_grad()
+        weight.sum().backward()  # gradient 1
+        opt.step()
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 0.5))  # the server's lr
+
+
+def test_broadcasts_keep_models_apart_and_adopt_state_in_the_parameters_dtype(
+        ps: Any) -> None:
+    models = {p: small_model() for p in ("a.", "b.")}
+    opts = {p: zt.DistributedOptimizer(torch.optim.Adam(m.parameters(), lr=lr), ps,
+                                       named_parameters=m.named_parameters(), prefix=p)
+            for (p, m), lr in zip(models.items(), (0.1, 0.001), strict=True)}
+    x, y = batches(steps=1)
+    for prefix in models:
+        plain_step(models[prefix], opts[prefix], x[0], y[0])
+        zt.broadcast_optimizer_state(ps, opts[prefix])
+        zt.broadcast_parameters(ps, models[prefix].state_dict())  # aliases: the same tables
+    assert opts["b."].param_groups[0]["lr"] == pytest.approx(0.001)  # not a.'s
+    assert not any(t["name"] in ("0.weight", "a.0.weight.0") for t in ps.tables())
+    half = small_model().half()  # a worker without state adopts another's, as float16
+    adopter = zt.DistributedOptimizer(torch.optim.Adam(half.parameters(), lr=0.1), ps,
+                                      named_parameters=half.named_parameters(), prefix="a.")
+    zt.broadcast_optimizer_state(ps, adopter)
+    state = adopter.state[half[0].weight]
+    assert state["exp_avg"].dtype == torch.float16 and state["step"].dtype == torch.float32
+    plain_step(half, adopter, x[0].half(), y[0])  # and it trains on
+
+
+def test_an_embedding_used_twice_in_a_step_pushes_one_merged_update(ps: Any) -> None:
+    emb = zt.Embedding(ps, "twice", 1, optimizer="adagrad:1.0", init="zeros")
+    ids = torch.tensor([5])
+    (emb(ids).sum() + emb(ids).sum()).backward()  # grad 2 in all, one adagrad step
+    emb.synchronize()
+    np.testing.assert_allclose(ps.pull_rows("twice", [5]), [[-1.0]], atol=1e-6)
+    loss = emb(torch.tensor([6])).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()  # two passes of gradient 1: two steps, not 1 then 2
+    emb.synchronize()
+    expected = -1.0 - 1.0 / np.sqrt(2.0)  # adagrad: 1/sqrt(1), then 1/sqrt(1 + 1)
+    np.testing.assert_allclose(ps.pull_rows("twice", [6]), [[expected]], atol=1e-6)
+    bag = zt.EmbeddingBag(ps, "bag-mean", 2, mode="mean")
+    with pytest.raises(zps.ConfigError, match="mode='sum'"):
+        bag(torch.tensor([[1, 2]]), per_sample_weights=torch.ones(1, 2))

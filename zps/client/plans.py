@@ -226,7 +226,9 @@ class Planner:
             if not isinstance(array, np.ndarray) or array.shape != spec.shape \
                     or array.dtype != spec.dtype or not array.flags.c_contiguous \
                     or not array.flags.writeable:
-                got = (f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray)
+                got = (f"{'' if array.flags.c_contiguous else 'non-contiguous '}"
+                       f"{'' if array.flags.writeable else 'read-only '}"
+                       f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray)
                        else type(array).__name__)
                 raise ShapeMismatchError(
                     "shape_mismatch",

@@ -16,7 +16,7 @@ import torch
 
 from zps.client import Client
 from zps.errors import ConfigError
-from zps.torch.optimizer import OWNER, DistributedOptimizer
+from zps.torch.optimizer import LIVE, OWNER, DistributedOptimizer
 from zps.torch.tensors import check_floating, copy_into, staged_copy
 
 Named = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | torch.nn.Module
@@ -67,6 +67,7 @@ def broadcast_optimizer_state(ps: Client, optimizer: torch.optim.Optimizer,
     state that is not a tensor or a number.
     """
     _check_client(ps)
+    prefix = prefix or getattr(optimizer, "_prefix", "")
     names = _param_names(optimizer)
     known = {str(t["name"]): t for t in ps.tables()}
     arrays: dict[str, np.ndarray] = {}
@@ -112,11 +113,16 @@ def _named(params: Named) -> list[tuple[str, torch.Tensor]]:
 
 
 def _table(tensor: torch.Tensor, default: str) -> tuple[str, dict[str, Any] | None]:
-    """A wrapped parameter's table and server optimizer, else ``default`` and none."""
+    """A wrapped parameter's table and server optimizer, else ``default`` and none. A
+    ``state_dict()`` holds detached aliases of the parameters: found by their memory."""
     owner = getattr(tensor, OWNER, None)
     optimizer = owner() if owner is not None else None
     if isinstance(optimizer, DistributedOptimizer):
         found = optimizer.table_of(tensor)
+        if found is not None:
+            return found
+    for live in list(LIVE):
+        found = live.table_of_alias(tensor)
         if found is not None:
             return found
     return default, None
@@ -159,9 +165,12 @@ def _state_entries(optimizer: torch.optim.Optimizer, param: torch.Tensor, name: 
     for table, info in known.items():
         if table.startswith(head):
             shape = tuple(info.get("shape", ()))
-            dtype = torch.float64 if info.get("dtype") == "float64" else torch.float32
-            value = torch.zeros(shape, dtype=dtype) if shape != () or _is_tensor_step(
-                table) else 0.0
+            if _is_tensor_step(table):  # torch's own optimizers: a float32 0-d CPU tensor
+                value: Any = torch.zeros((), dtype=torch.float32)
+            elif shape:  # state beside the parameter: its dtype and device
+                value = torch.zeros(shape, dtype=param.dtype, device=param.device)
+            else:
+                value = 0.0
             adopted.append((table[len(head):], value))
     return adopted
 
@@ -187,11 +196,17 @@ def _restored(values: np.ndarray, local: Any) -> Any:
     return type(local)(values.item()) if isinstance(local, int | float) else values.item()
 
 
+def _settings(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> list[str]:
+    """The keys of a group's settings, sorted: the optimizer's own (not what an LR
+    scheduler adds, such as ``initial_lr``, so that the table keeps its shape)."""
+    return sorted(k for k in group if k != "params" and k in optimizer.defaults)
+
+
 def _hyper(optimizer: torch.optim.Optimizer) -> np.ndarray:
     """The groups' numeric settings in a fixed order (keys sorted, per group)."""
     values: list[float] = []
     for group in optimizer.param_groups:
-        for key in sorted(k for k in group if k != "params"):
+        for key in _settings(optimizer, group):
             values.extend(_numbers(group[key]))
     return np.asarray(values, np.float64)
 
@@ -199,7 +214,7 @@ def _hyper(optimizer: torch.optim.Optimizer) -> np.ndarray:
 def _set_hyper(optimizer: torch.optim.Optimizer, values: np.ndarray) -> None:
     at = 0
     for group in optimizer.param_groups:
-        for key in sorted(k for k in group if k != "params"):
+        for key in _settings(optimizer, group):
             value = group[key]
             count = len(_numbers(value))
             if not count:

@@ -62,13 +62,16 @@ class _RemoteRows(torch.nn.Module):
         self.ps = ps
         self.name = name
         self.embedding_dim = embedding_dim
-        self.weight = weight  # this worker's weight in a round (``weighted``): its batch size
+        # This worker's weight in a round (``--aggregate weighted``): its batch size. (Not
+        # ``weight``: code that initialises every module's ``weight`` would find it.)
+        self.push_weight = weight
         ps.init_rows(name, embedding_dim, dtype=dtype, init=init,
                      optimizer=row_optimizer_spec(optimizer), admit_after=admit_after,
                      evict_after=evict_after, max_rows=max_rows)
         self._next: np.ndarray | None = None  # distinct ids given to prefetch
         self._fetch: tuple[np.ndarray, Handle] | None = None  # a pull on its way
         self._pushes: list[Handle] = []
+        self._grads: list[tuple[np.ndarray, np.ndarray]] = []  # this backward's, by lookup
 
     def extra_repr(self) -> str:
         return f"{self.name!r}, {self.embedding_dim}"
@@ -98,33 +101,53 @@ class _RemoteRows(torch.nn.Module):
         rows = torch.from_numpy(self._rows(distinct))
         if self._learning():
             rows.requires_grad_(True)
-            rows.register_post_accumulate_grad_hook(lambda t: self._push(distinct, t))
+            rows.register_post_accumulate_grad_hook(lambda t: self._collect(distinct, t))
         index = torch.from_numpy(inverse.reshape(ids.shape))
         return rows, index
 
     def _rows(self, distinct: np.ndarray) -> np.ndarray:
-        fetch, self._fetch = self._fetch, None
-        if fetch is not None:
-            rows = fetch[1].wait()
-            if np.array_equal(fetch[0], distinct):
-                return rows  # type: ignore[no-any-return]
+        fetch = self._fetch
+        if fetch is not None and np.array_equal(fetch[0], distinct):
+            self._fetch = None
+            return fetch[1].wait()  # type: ignore[no-any-return]
+        if fetch is not None and self._learning():
+            self._fetch = None  # another batch than announced: the prefetch is dropped
+            fetch[1].wait()
+        # (an evaluation between training steps leaves the training prefetch in place)
         self._wait_pushes()
         return self.ps.pull_rows(self.name, distinct)  # type: ignore[no-any-return]
 
-    def _push(self, distinct: np.ndarray, rows: torch.Tensor) -> None:
+    def _collect(self, distinct: np.ndarray, rows: torch.Tensor) -> None:
+        """A lookup's row gradients are in: keep them, and push once at the end of this
+        backward pass (a layer used several times in a step pushes one merged update)."""
         assert rows.grad is not None
-        grads = rows.grad.numpy()
+        grads = rows.grad.numpy()  # (keeps the gradient's memory: nothing writes it again)
+        rows.grad = None  # (a second backward through a retained graph starts from zero)
+        if not self._grads:
+            torch.autograd.Variable._execution_engine.queue_callback(self._push)
+        self._grads.append((distinct, grads))
+
+    def _push(self) -> None:
+        collected, self._grads = self._grads, []
+        if not collected:
+            return
+        ids = np.concatenate([d for d, _ in collected]) if len(collected) > 1 \
+            else collected[0][0]
+        grads = np.concatenate([g for _, g in collected]) if len(collected) > 1 \
+            else collected[0][1]
         following, self._next = self._next, None
+        if following is None and self._fetch is not None:
+            following = self._fetch[0]  # pulled before this push: pull it again after it
         self._wait_pushes(done_only=True)
         if following is not None:
-            handle = self.ps.push_pull_rows(self.name, distinct, grads, pull_ids=following,
-                                            weight=self.weight, wait=False)
+            handle = self.ps.push_pull_rows(self.name, ids, grads, pull_ids=following,
+                                            weight=self.push_weight, wait=False)
             if self._fetch is not None:
                 self._fetch[1].wait()
             self._fetch = (following, handle)
         else:
-            self._pushes.append(self.ps.push_rows(self.name, distinct, grads,
-                                                  weight=self.weight, wait=False))
+            self._pushes.append(self.ps.push_rows(self.name, ids, grads,
+                                                  weight=self.push_weight, wait=False))
         self.ps.progress()
 
     def _wait_pushes(self, done_only: bool = False) -> None:
@@ -179,6 +202,9 @@ class EmbeddingBag(_RemoteRows):
 
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        if per_sample_weights is not None and self.mode != "sum":
+            raise ConfigError(f"per_sample_weights needs mode='sum' (as torch's "
+                              f"EmbeddingBag), this bag's mode is {self.mode!r}")
         rows, index = self._lookup(input)
         if offsets is not None:
             offsets = offsets.cpu()

@@ -45,6 +45,7 @@ from zps.torch.tensors import (
 
 BUCKET_BYTES = 4 << 20  # bytes of parameters sent as one push_pull
 OWNER = "_zps_optimizer"  # attribute of a wrapped parameter: its optimizer (weak)
+LIVE: weakref.WeakSet[DistributedOptimizer] = weakref.WeakSet()  # (broadcast looks here)
 
 
 @dataclass(eq=False, slots=True)
@@ -148,8 +149,13 @@ class DistributedOptimizer(torch.optim.Optimizer):
                  overlap: bool = True, codec: str | None = None,
                  pull_codec: str | None = None, weight: float | None = None,
                  prefix: str = "") -> None:
-        # Share the user's optimizer's state, groups, defaults and hooks (not copies).
-        self.__dict__.update(optimizer.__dict__)
+        # Share the user's optimizer's state, groups, defaults and hooks (not copies); not
+        # an LR scheduler's wrapper of the old object's step, which would bypass this one.
+        self.__dict__.update({k: v for k, v in optimizer.__dict__.items() if k != "step"})
+        self._patch_step_function()  # torch's step hooks run once, around step()
+        self._user_step = _unhooked(type(optimizer).step)
+        self._unwrapped = weakref.ref(optimizer)  # (what an LR scheduler may be watching)
+        self._retired = False
         if not isinstance(ps, Client):
             raise ConfigError("zps.torch needs a connected zps.Client (the blocking one), "
                               f"e.g. zps.Client(['tcp://127.0.0.1:5570']); got "
@@ -164,6 +170,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
                               f"zps.Client(servers, pull_codec={pull_codec!r})")
         self._ps = ps
         self._spec = server_optimizer_spec(server_optimizer)
+        # Servers started with --optimizer give it to tables created without one: then
+        # pushes are gradients whatever was asked here.
+        self._server_steps = self._spec is not None or bool(ps.server_info.get("optimizer"))
+        self._prefix = prefix
         self._passes = backward_passes_per_step
         self._overlap = overlap
         self.weight = weight
@@ -173,10 +183,16 @@ class DistributedOptimizer(torch.optim.Optimizer):
         if codec is not None:
             ps.set_codec([s.table for s in self._slots], codec)
         self._create_tables()
-        self._hooks = [s.param.register_post_accumulate_grad_hook(self._on_grad)
+        self._next = 0  # buckets go out in this order on every worker (sync rounds)
+        hook = _weak_hook(weakref.ref(self))  # (a hook must not keep the optimizer alive)
+        self._hooks = [s.param.register_post_accumulate_grad_hook(hook)
                        for s in self._slots] if overlap else []
         for slot in self._slots:
+            previous = getattr(slot.param, OWNER, lambda: None)()
+            if isinstance(previous, DistributedOptimizer) and previous is not self:
+                previous.retire()  # the newest wrapper of a parameter takes it over
             setattr(slot.param, OWNER, weakref.ref(self))
+        LIVE.add(self)
 
     # ------------------------------------------------------------ setting up
 
@@ -193,10 +209,6 @@ class DistributedOptimizer(torch.optim.Optimizer):
             if not param.requires_grad:
                 continue
             check_floating(name, param)
-            owner = getattr(param, OWNER, None)
-            if owner is not None and owner() is not None:
-                raise ConfigError(f"parameter {name!r} is already wrapped by another "
-                                  "DistributedOptimizer; wrap each optimizer once")
             direct = shares_memory(param)
             master = numpy_view(param) if direct else staged_copy(param)
             slots.append(Slot(name, prefix + name, param, param.shape, param.dtype,
@@ -248,47 +260,77 @@ class DistributedOptimizer(torch.optim.Optimizer):
         slot = self._by_param.get(id(param))
         return (slot.table, self._spec) if slot is not None else None
 
+    def table_of_alias(self, tensor: torch.Tensor) -> tuple[str, dict[str, Any] | None] | None:
+        """As ``table_of``, for a tensor sharing a parameter's memory (``state_dict()``)."""
+        for slot in self._slots:
+            param = slot.param
+            if tensor.device == param.device and tensor.shape == param.shape \
+                    and tensor.dtype == param.dtype and tensor.data_ptr() == param.data_ptr():
+                return slot.table, self._spec
+        return None
+
     def _on_grad(self, param: torch.Tensor) -> None:
-        """A parameter's gradient is complete: send its bucket once every one of its
-        parameters has had ``backward_passes_per_step`` passes."""
-        slot = self._by_param[id(param)]
-        slot.passes += 1
+        """A parameter's gradient is complete: once every parameter of a bucket has had
+        ``backward_passes_per_step`` passes, send it (buckets in their order: every
+        worker sends the same sequence, so no round waits behind another's queue)."""
+        slot = self._by_param.get(id(param))
+        if slot is None or self._retired:
+            return
         bucket = self._buckets[slot.bucket]
-        if bucket.handle is not None:
+        if bucket.handle is not None or slot.passes >= self._passes:
             raise ConfigError(
-                f"the gradient of {slot.name!r} was computed again after it was sent; call "
-                f"step() after every {self._passes} backward pass(es) (set "
-                "backward_passes_per_step to accumulate more)")
+                f"the gradient of {slot.name!r} was computed again after it was complete; "
+                f"call step() after every {self._passes} backward pass(es) (set "
+                "backward_passes_per_step to accumulate more; with activation "
+                "checkpointing of shared weights use use_reentrant=False)")
+        slot.passes += 1
         if slot.passes == self._passes:
             bucket.ready += 1
-            if bucket.ready == len(bucket.slots):
-                self._launch(bucket)
+            while self._next < len(self._buckets) and (
+                    self._buckets[self._next].ready == len(self._buckets[self._next].slots)):
+                self._launch(self._buckets[self._next])
+                self._next += 1
         self._ps.progress()  # replies that came in, requests that may go now
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Send what backward has not sent yet, wait for every reply, and leave the
         servers' values in the parameters. Returns ``closure()``'s loss if given."""
+        if self._retired:
+            raise ConfigError("this DistributedOptimizer was replaced by a newer one wrapping "
+                              "the same parameters; step the new one")
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_model()
         try:
+            self._check_model()
             waiting = [b for b in self._buckets if b.handle is None]
-            if waiting and self._spec is None:
+            if waiting and not self._server_steps:
                 self._local_step([s for b in waiting for s in b.slots])
             for bucket in waiting:
                 self._send(bucket)
             self._wait()
+            unwrapped = self._unwrapped()
+            if unwrapped is not None:
+                unwrapped._opt_called = True  # type: ignore[attr-defined]  # its scheduler
         finally:
             for bucket in self._buckets:
                 bucket.ready, bucket.handle = 0, None
             for slot in self._slots:
                 slot.passes = 0
+            self._next = 0
         return loss
 
+    def retire(self) -> None:
+        """Stop using the parameters (a newer wrapper took them over)."""
+        self.remove_hooks()
+        self._retired = True
+        LIVE.discard(self)
+
     def _launch(self, bucket: Bucket) -> None:
-        if self._spec is None:
+        for slot in bucket.slots:
+            self._refresh(slot)
+        if not self._server_steps:
             self._local_step(bucket.slots)
         self._send(bucket)
 
@@ -309,7 +351,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
             if len(wanted) < len(self._slots):
                 for group in groups:
                     group["params"] = [p for p in group["params"] if id(p) in wanted]
-            super().step()
+            self._user_step(self)  # (without torch's step hooks: those run around step())
         finally:
             for group, params in zip(groups, saved, strict=True):
                 group["params"] = params
@@ -324,7 +366,7 @@ class DistributedOptimizer(torch.optim.Optimizer):
                                            out={s.table: s.master for s in bucket.slots})
 
     def _payload(self, slot: Slot) -> np.ndarray:
-        if self._spec is None:
+        if not self._server_steps:
             assert slot.scratch is not None
             return slot.scratch
         grad = slot.param.grad
@@ -377,9 +419,18 @@ class DistributedOptimizer(torch.optim.Optimizer):
                     f"{list(param.shape)} on {param.device}, it was {slot.dtype}"
                     f"{list(slot.shape)} on {slot.device}; wrap the optimizer after "
                     "changing the model")
-            if slot.direct and (not shares_memory(param)
-                                or param.data_ptr() != slot.master.ctypes.data):
-                slot.master = numpy_view(param)
+            self._refresh(slot)
+
+    def _refresh(self, slot: Slot) -> None:
+        """Follow a parameter whose storage was replaced (``param.data = ...``,
+        ``channels_last``): a new view, or the staged path if it no longer can be one."""
+        param = slot.param
+        if not slot.direct or param.data_ptr() == slot.master.ctypes.data:
+            return
+        if shares_memory(param):
+            slot.master = numpy_view(param)
+        else:
+            slot.master, slot.direct = staged_copy(param), False
 
     def remove_hooks(self) -> None:
         """Stop sending from backward (``step()`` then sends everything)."""
@@ -388,9 +439,17 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._hooks = []
 
 
-DistributedOptimizer.step.hooked = True  # type: ignore[attr-defined]
-# (torch wraps an optimizer class's step to run its hooks; the user's step, called from
-# this one, runs them already)
+def _unhooked(step: Callable[..., Any]) -> Callable[..., Any]:
+    """An optimizer class's step without the wrapper torch adds to run step hooks."""
+    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
+
+
+def _weak_hook(owner: weakref.ref[DistributedOptimizer]) -> Callable[[torch.Tensor], None]:
+    def hook(param: torch.Tensor) -> None:
+        optimizer = owner()
+        if optimizer is not None:
+            optimizer._on_grad(param)
+    return hook
 
 
 def _checked_names(named: Iterable[tuple[str, torch.Tensor]],
