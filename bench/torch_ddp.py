@@ -10,11 +10,13 @@ with plain SGD, four ways:
 * ``int8``: the same with ``codec="int8"`` (pushes compressed, with error feedback);
 * ``nooverlap``: ``zps`` with ``overlap=False`` (everything sent from ``step()``).
 
-(``--variants`` may add ``local``: plain SGD in every process, no communication, the
-compute ceiling.) For each W one set of worker processes holds one model per variant and
-runs every variant in turn, ``--reps`` times, the order rotated each repetition; each time
-a few warmup steps are excluded and then ``--steps`` steps are timed (a cell's rate: its
-steps over the slowest worker's time). The figures are the medians over repetitions.
+(``--variants`` may add ``serversgd``: ``zps`` with ``server_optimizer="sgd:LR"``, the
+gradients pushed as they are and the servers stepping; and ``local``: plain SGD in every
+process, no communication, the compute ceiling.) For each W one set of worker processes
+holds one model per variant and runs every variant in turn, ``--reps`` times, the order
+rotated each repetition; each time a few warmup steps are excluded and then ``--steps``
+steps are timed (a cell's rate: its steps over the slowest worker's time). The figures are
+the medians over repetitions.
 
 Every worker process uses ``torch.set_num_threads(1)``; the servers are extra processes on
 the same cores. Each row also shows where the time and the CPU went, per step: a worker's
@@ -62,7 +64,7 @@ from bench.throughput import counts
 from zps.cli.cluster import LocalCluster
 
 IN, WIDTH, CLASSES = 1024, 2048, 10
-VARIANTS = ("ddp", "zps", "int8", "nooverlap", "local")
+VARIANTS = ("ddp", "zps", "int8", "nooverlap", "serversgd", "local")
 DEFAULT_VARIANTS = "ddp,zps,int8,nooverlap"
 LR = 0.05
 NOISY_CORES = 0.25  # cores busy with other processes that make a row noisy
@@ -134,8 +136,7 @@ def _train(rank: int, world: int, port: int, servers: list[str], cfg: dict[str, 
     if "ddp" in variants:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=cfg["timeout"]))
-    ps = zps.Client(servers) if any(v in ("zps", "int8", "nooverlap") for v in variants) \
-        else None
+    ps = zps.Client(servers) if any(v not in ("ddp", "local") for v in variants) else None
     models: dict[str, Any] = {}
     steps: dict[str, Callable[[], tuple[float, float, float]]] = {}
     for variant in variants:
@@ -152,7 +153,8 @@ def _train(rank: int, world: int, port: int, servers: list[str], cfg: dict[str, 
                 opt = zt.DistributedOptimizer(
                     sgd, ps, named_parameters=model.named_parameters(), prefix=f"{variant}/",
                     overlap=variant != "nooverlap", bucket_bytes=cfg["bucket_bytes"],
-                    codec="int8" if variant == "int8" else None)
+                    codec="int8" if variant == "int8" else None,
+                    server_optimizer=f"sgd:{LR}" if variant == "serversgd" else None)
                 zt.broadcast_parameters(ps, model, prefix=f"{variant}/")
         steps[variant] = _stepper(net, opt, x, y)
     taken = dict.fromkeys(variants, 0)  # steps each model has trained

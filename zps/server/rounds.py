@@ -141,7 +141,14 @@ class SyncRounds:
         weight = contribution.weight if self.rule.name == "weighted" else 1.0
         acc = self._sums.get(key)
         if acc is None:
-            acc = self._sums[key] = _Sum(np.zeros_like(self.state.store.get(key).data))
+            data = self.state.store.get(key).data
+            if weight and isinstance(update, np.ndarray) and update.shape == data.shape:
+                # The first push starts the sum: one pass, not zeros and then an add.
+                total = (np.array(update, dtype=data.dtype) if weight == 1.0 else
+                         np.multiply(update, data.dtype.type(weight), dtype=data.dtype))
+                self._sums[key] = _Sum(total, weight)
+                return
+            acc = self._sums[key] = _Sum(np.zeros_like(data))
         acc.weight += weight
         if weight:
             add_scaled(acc.total, update, weight)

@@ -26,62 +26,19 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from zps.client import Client, Handle
+from zps.client import Client
 from zps.errors import ConfigError, RemoteError
-from zps.store import parse_optimizer
-from zps.torch.tensors import (
-    check_floating,
-    copy_into,
-    numpy_view,
-    shares_memory,
-    staged_copy,
-)
+from zps.torch.slots import Bucket, Slot, make_buckets, make_slots, server_optimizer_spec
+from zps.torch.tensors import copy_into, numpy_view, shares_memory, staged_copy
 
 BUCKET_BYTES = 4 << 20  # bytes of parameters sent as one push_pull
 OWNER = "_zps_optimizer"  # attribute of a wrapped parameter: its optimizer (weak)
 LIVE: weakref.WeakSet[DistributedOptimizer] = weakref.WeakSet()  # (broadcast looks here)
-
-
-@dataclass(eq=False, slots=True)
-class Slot:
-    """One parameter and its table."""
-
-    name: str
-    table: str
-    param: torch.Tensor
-    shape: torch.Size
-    dtype: torch.dtype
-    device: torch.device
-    master: np.ndarray  # the values pulled last: a view of the parameter when direct
-    direct: bool
-    bucket: int = 0
-    passes: int = 0  # backward passes seen since the last step
-    scratch: np.ndarray | None = None  # the delta (or staged gradient) being sent
-
-
-@dataclass(eq=False, slots=True)
-class Bucket:
-    """Parameters sent together, as one push_pull."""
-
-    slots: list[Slot] = field(default_factory=list)
-    ready: int = 0
-    handle: Handle | None = None
-
-
-def server_optimizer_spec(value: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``"adam:1e-3"``, ``"sgd:LR[:MOMENTUM]"`` or a spec map -> the tables' optimizer."""
-    if value is None or isinstance(value, Mapping):
-        return dict(value) if value else None
-    try:
-        return parse_optimizer(value)
-    except ValueError as exc:
-        raise ConfigError(f"server_optimizer: {exc}") from None
 
 
 _CLASSES: dict[type, type] = {}
@@ -177,9 +134,9 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._passes = backward_passes_per_step
         self._overlap = overlap
         self.weight = weight
-        self._slots = self._make_slots(named_parameters, prefix)
+        self._slots = make_slots(self.param_groups, named_parameters, prefix)
         self._by_param = {id(s.param): s for s in self._slots}
-        self._buckets = self._make_buckets(bucket_bytes)
+        self._buckets = make_buckets(self._slots, bucket_bytes)
         if codec is not None:
             ps.set_codec([s.table for s in self._slots], codec)
         self._create_tables()
@@ -195,41 +152,6 @@ class DistributedOptimizer(torch.optim.Optimizer):
         LIVE.add(self)
 
     # ------------------------------------------------------------ setting up
-
-    def _make_slots(self, named: Iterable[tuple[str, torch.Tensor]] | None,
-                    prefix: str) -> list[Slot]:
-        optimized = [p for group in self.param_groups for p in group["params"]]
-        if named is None:
-            pairs = [(f"param.{g}.{i}", p) for g, group in enumerate(self.param_groups)
-                     for i, p in enumerate(group["params"])]
-        else:
-            pairs = _checked_names(named, optimized)
-        slots = []
-        for name, param in pairs:
-            if not param.requires_grad:
-                continue
-            check_floating(name, param)
-            direct = shares_memory(param)
-            master = numpy_view(param) if direct else staged_copy(param)
-            slots.append(Slot(name, prefix + name, param, param.shape, param.dtype,
-                              param.device, master, direct))
-        if not slots:
-            raise ConfigError("the optimizer has no parameter that requires grad")
-        return slots
-
-    def _make_buckets(self, limit: int) -> list[Bucket]:
-        """Buckets in reverse order of the parameters (the order backward reaches them)."""
-        buckets = [Bucket()]
-        size = 0
-        for slot in reversed(self._slots):
-            nbytes = slot.master.nbytes
-            if buckets[-1].slots and size + nbytes > limit:
-                buckets.append(Bucket())
-                size = 0
-            slot.bucket = len(buckets) - 1
-            buckets[-1].slots.append(slot)
-            size += nbytes
-        return buckets
 
     def _create_tables(self) -> None:
         """Create the tables (first init wins) and start from the values they hold."""
@@ -450,30 +372,3 @@ def _weak_hook(owner: weakref.ref[DistributedOptimizer]) -> Callable[[torch.Tens
         if optimizer is not None:
             optimizer._on_grad(param)
     return hook
-
-
-def _checked_names(named: Iterable[tuple[str, torch.Tensor]],
-                   optimized: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    """The optimizer's parameters with their names, in ``named``'s order."""
-    pairs = list(named)
-    by_id: dict[int, str] = {}
-    seen: set[str] = set()
-    for item in pairs:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], torch.Tensor)):
-            raise ConfigError("named_parameters must be (name, tensor) pairs, as "
-                              "model.named_parameters() gives")
-        name, param = item
-        if name in seen:
-            raise ConfigError(f"named_parameters gives the name {name!r} twice; every "
-                              "parameter needs its own name")
-        seen.add(name)
-        by_id.setdefault(id(param), name)
-    wanted = {id(p) for p in optimized}
-    for param in optimized:
-        if id(param) not in by_id:
-            raise ConfigError(
-                f"the optimizer has a parameter of shape {list(param.shape)} that "
-                "named_parameters does not name; pass named_parameters="
-                "model.named_parameters() of the model the optimizer was built from")
-    return [(name, p) for name, p in pairs if id(p) in wanted and by_id[id(p)] == name]
