@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from zps.jobs.ctrdata import DENSE, FIELDS, auc, log_loss, make_ctr
+from zps.jobs.progress import progress_bar
 
 DENSE_LR = 0.01
 L2 = 1.0  # FTRL's L2 strength: keeps the weights of rarely seen ids small
@@ -37,17 +37,12 @@ def train_ctr(ps: Any, ctx: Any) -> dict[str, Any]:
                      optimizer={"name": "ftrl", "lr": ctx.lr, "l2": L2})
     params = ps.init({"dense": np.zeros(DENSE, np.float32), "bias": np.zeros(1, np.float32)},
                      optimizer={"name": "adam", "lr": DENSE_LR})
-    per_worker = math.ceil(len(data.train_labels) / ctx.num_workers)
-    steps = math.ceil(per_worker / ctx.batch_size)
-    rng = np.random.default_rng(ctx.seed + 1 + ctx.worker_index)
-    batches = [_order(rng, len(labels), steps, ctx.batch_size) for _ in range(ctx.epochs)]
-    plan = [b for epoch in batches for b in epoch]
+    plan = batch_plan(ctx, len(labels), len(data.train_labels))
     weights = [ps.pull_rows(name, ids[plan[0], f]) for f, name in enumerate(fields())]
     losses: list[float] = []
     timeline: list[dict[str, float]] = []
     start = time.perf_counter()
-    with tqdm(total=len(plan), desc=f"worker {ctx.worker_index}", position=ctx.worker_index,
-              disable=not ctx.progress, unit="step", leave=True, dynamic_ncols=True) as bar:
+    with progress_bar(ctx, len(plan)) as bar:
         for step, idx in enumerate(plan):
             logits = params["bias"][0] + dense[idx] @ params["dense"] + sum(
                 w[:, 0] for w in weights)
@@ -82,6 +77,15 @@ def evaluate(ps: Any, data: Any, params: dict[str, np.ndarray]) -> tuple[float, 
     for f, name in enumerate(fields()):
         logits = logits + ps.pull_rows(name, data.test_ids[:, f])[:, 0]
     return auc(data.test_labels, logits), log_loss(data.test_labels, logits)
+
+
+def batch_plan(ctx: Any, shard: int, total: int) -> list[np.ndarray]:
+    """This worker's batches (indices into its shard of ``shard`` examples), every epoch
+    a new order; as many steps as the largest shard of ``total`` needs, so that sync
+    rounds hear from every worker."""
+    steps = math.ceil(math.ceil(total / ctx.num_workers) / ctx.batch_size)
+    rng = np.random.default_rng(ctx.seed + 1 + ctx.worker_index)
+    return [b for _ in range(ctx.epochs) for b in _order(rng, shard, steps, ctx.batch_size)]
 
 
 def _order(rng: np.random.Generator, n: int, steps: int, batch: int) -> list[np.ndarray]:

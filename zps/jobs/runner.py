@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from zps.errors import ConfigError
 from zps.jobs.data import load_digits
 from zps.jobs.models import MODELS, Model, accuracy
+from zps.jobs.progress import progress_bar
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +64,7 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
     timeline: list[dict[str, float]] = []
     total = ctx.epochs * steps_per_epoch
     start = time.perf_counter()
-    with tqdm(total=total, desc=f"worker {ctx.worker_index}", position=ctx.worker_index,
-              disable=not ctx.progress, unit="step", leave=True, dynamic_ncols=True) as bar:
+    with progress_bar(ctx, total) as bar:
         for _ in range(ctx.epochs):
             order = rng.permutation(len(x))
             for step in range(steps_per_epoch):

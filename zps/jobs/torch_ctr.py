@@ -10,7 +10,6 @@ Reports test AUC and log loss beside the generating model's AUC (the best achiev
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -19,7 +18,9 @@ import torch
 from torch import nn
 
 import zps.torch as zt
+from zps.jobs.ctr import batch_plan
 from zps.jobs.ctrdata import DENSE, FIELDS, auc, log_loss, make_ctr
+from zps.jobs.progress import progress_bar
 
 DIM = 16
 DENSE_LR = 1e-3
@@ -65,18 +66,11 @@ def run(ps: Any, ctx: Any) -> dict[str, Any]:
                                   named_parameters=model.named_parameters(),
                                   server_optimizer=ctx.server_optimizer, weight=ctx.batch_size)
     zt.broadcast_parameters(ps, model)
-    per_worker = math.ceil(len(data.train_labels) / ctx.num_workers)
-    steps = math.ceil(per_worker / ctx.batch_size)
-    rng = np.random.default_rng(ctx.seed + 1 + ctx.worker_index)
-    plan = [order for _ in range(ctx.epochs) for order in _batches(rng, len(labels), steps,
-                                                                     ctx.batch_size)]
+    plan = batch_plan(ctx, len(labels), len(data.train_labels))
     losses: list[float] = []
     timeline: list[dict[str, float]] = []
     start = time.perf_counter()
-    from tqdm import tqdm
-
-    with tqdm(total=len(plan), desc=f"worker {ctx.worker_index}", position=ctx.worker_index,
-              disable=not ctx.progress, unit="step", leave=True, dynamic_ncols=True) as bar:
+    with progress_bar(ctx, len(plan)) as bar:
         for step, idx in enumerate(plan):
             if step + 1 < len(plan):
                 model.prefetch(ids[plan[step + 1]])
@@ -116,7 +110,3 @@ def evaluate(model: DLRM, data: Any) -> tuple[float, float]:
     scores = np.concatenate(logits).astype(np.float64)
     return auc(data.test_labels, scores), log_loss(data.test_labels, scores)
 
-
-def _batches(rng: np.random.Generator, n: int, steps: int, batch: int) -> list[np.ndarray]:
-    order = rng.permutation(n)
-    return [order[(np.arange(batch) + s * batch) % n] for s in range(steps)]

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import zps.torch as zt
 from zps.jobs.data import load_digits
+from zps.jobs.progress import progress_bar
 
 log = logging.getLogger("zps.jobs")
 LOG_INTERVAL = 10
@@ -150,15 +151,11 @@ def single_process(ctx: Any) -> dict[str, Any]:
 def _epochs(args: Args, model: nn.Module, device: torch.device, train_loader: DataLoader,
             test_loader: DataLoader, optimizer: torch.optim.Optimizer,
             ctx: Any) -> dict[str, Any]:
-    from tqdm import tqdm
-
     scheduler = StepLR(optimizer, step_size=1, gamma=args.gamma)
     losses: list[float] = []
     timeline: list[dict[str, float]] = []
     start = time.perf_counter()
-    with tqdm(total=args.epochs, desc=f"worker {ctx.worker_index}", unit="epoch",
-              position=ctx.worker_index, disable=not ctx.progress, leave=True,
-              dynamic_ncols=True) as bar:
+    with progress_bar(ctx, args.epochs, unit="epoch") as bar:
         for epoch in range(1, args.epochs + 1):
             losses += train(args, model, device, train_loader, optimizer, epoch)
             accuracy = test(model, device, test_loader)
