@@ -51,7 +51,7 @@ def halves(ps: Any, ctx: Any) -> dict[str, Any]:
         loss = torch.nn.functional.cross_entropy(model(xs[step][part]), ys[step][part])
         loss.backward()
         if ctx.slow:
-            time.sleep(ctx.slow)
+            time.sleep(ctx.slow)  # a straggler: the slowness is what is under test
         opt.step()
     return {"params": {n: p.detach().tolist() for n, p in model.named_parameters()},
             "start": start, "steps": STEPS}
@@ -77,7 +77,7 @@ def long_run(ps: Any, ctx: Any) -> dict[str, Any]:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         if ctx.slow and ctx.worker_index == 1:
-            time.sleep(ctx.slow)
+            time.sleep(ctx.slow)  # a straggler: the slowness is what is under test
         if step == steps // 2 and ctx.worker_index == 0 and os.environ.get(
                 "ZPS_TEST_SUICIDE"):
             os.kill(os.getpid(), signal.SIGKILL)
