@@ -68,3 +68,24 @@ def test_a_table_can_travel_through_its_own_codec(start_server: Any) -> None:
         assert 0 < np.abs(got["small"] - delta).max() < 0.02  # int8: close, not exact
         with pytest.raises(zps.ConfigError, match="codec"):
             ps.set_codec(["small"], "int3")
+
+
+def test_a_client_that_never_called_init_pulls_what_the_servers_hold(start_server: Any) -> None:
+    servers = [start_server(mode="async").address for _ in range(2)]
+    big = np.arange(1000 * 3, dtype=np.float64).reshape(1000, 3)  # split over both servers
+    with zps.Client(servers, chunk_bytes=4096) as trainer:
+        trainer.init({"big": big, "small": np.ones(4, np.float32), "scalar": np.float32(2)})
+        trainer.init_rows("emb", dim=2)
+        trainer.push({"small": np.ones(4)})
+    with zps.Client(servers, chunk_bytes=4096, role="observer") as evaluator:
+        everything = evaluator.pull()  # no init: it asks the servers
+        assert sorted(everything) == ["big", "scalar", "small"]  # dense tables only
+        np.testing.assert_array_equal(everything["big"], big)
+        np.testing.assert_array_equal(everything["small"], 2.0)
+        assert everything["scalar"].shape == () and everything["scalar"] == 2
+        assert evaluator.pull("small")["small"].dtype == np.float32
+        with pytest.raises(zps.UnknownTableError, match="nope"):
+            evaluator.pull(["nope"])
+    with zps.Client(servers, chunk_bytes=4096) as late:  # knows one table, learns the rest
+        late.init({"small": np.zeros(4, np.float32)})
+        np.testing.assert_array_equal(late.pull(["big"])["big"], big)

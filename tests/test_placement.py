@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zps.client.placement import TableSpec, plan
+from zps.client.placement import TableSpec, described, plan
 
 F32 = np.dtype(np.float32)
 
@@ -47,3 +47,28 @@ def test_every_row_is_placed_once_and_plans_agree(shapes, servers, chunk) -> Non
         assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
         assert all(0 <= p.server < servers for p in parts)
         assert len({p.key for p in parts}) == len(parts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(shapes=st.lists(st.lists(st.integers(1, 40), min_size=0, max_size=3), min_size=1,
+                       max_size=6),
+       servers=st.integers(1, 4), chunk=st.integers(16, 2048))
+def test_the_layout_the_servers_describe_is_the_layout_planned(
+        shapes: list[list[int]], servers: int, chunk: int) -> None:
+    """A client that never called init rebuilds every worker's placement from what each
+    server says it holds."""
+    specs = {f"t{i}": TableSpec(tuple(s), F32 if i % 2 else np.dtype(np.float64))
+             for i, s in enumerate(shapes)}
+    layout = plan(specs, servers, chunk)
+    told: list[list[dict[str, object]]] = [[] for _ in range(servers)]
+    for name, parts in layout.parts.items():
+        rest = list(specs[name].shape[1:])
+        for p in parts:
+            shape = list(specs[name].shape) if p.whole else [p.stop - p.start, *rest]
+            told[p.server].append({"name": p.key, "kind": "dense", "shape": shape,
+                                   "dtype": specs[name].dtype.name})
+    told[0].append({"name": "rows", "kind": "rows", "shape": [None, 4], "dtype": "float32"})
+    found = described(told)
+    assert dict(found.specs) == specs
+    assert {n: set(p) for n, p in found.parts.items()} == {
+        n: set(p) for n, p in layout.parts.items()}

@@ -15,7 +15,7 @@ import numpy as np
 
 from zps.client.calls import Call
 from zps.client.engine import Engine
-from zps.client.placement import Layout
+from zps.client.placement import Layout, described
 from zps.client.plans import Message, outputs, push_options
 from zps.config import ClientConfig
 from zps.errors import ConfigError, ShapeMismatchError
@@ -127,6 +127,27 @@ class ClientBase:
         if op == Op.PUSH:
             return Call(op, messages, finish=lambda call: None)
         return Call(op, messages, results, delta=self._engine.held is not None)
+
+    def _needs_tables(self, names: Iterable[str] | None) -> bool:
+        """Whether a pull of ``names`` (all: None) must first learn the tables from the
+        servers: this client never called ``init``, or not with these names."""
+        layout = self._engine.planner.layout
+        if layout is None:
+            return True
+        wanted = [names] if isinstance(names, str) else names
+        return wanted is not None and any(n not in layout.specs for n in wanted)
+
+    def _learn_call(self) -> Call:
+        """Ask every server which tables it holds and adopt their layout (tables this
+        client placed itself stay as they are)."""
+        engine = self._engine
+
+        def finish(call: Call) -> None:
+            per_server = [info.get("tables", []) for info in call.infos()]
+            engine.planner.adopt(described(per_server))
+            engine.rows.learn(merge_tables(per_server))
+        messages = [Message(i, Op.TABLES, ()) for i in range(len(engine.servers))]
+        return Call(Op.TABLES, messages, finish=finish)
 
     def _stats_call(self) -> Call:
         engine = self._engine

@@ -127,12 +127,15 @@ class AsyncClient(ClientBase):
                    out: Mapping[str, np.ndarray] | None = None) -> Arrays:
         """The current value of the named tables (all by default), as fresh arrays, or
         received straight into the arrays of ``out`` (by table name; the tables of
-        ``out`` when ``names`` is not given).
+        ``out`` when ``names`` is not given). A client that never called ``init`` (an
+        evaluator, ``zps export``) asks the servers which tables they hold first.
 
         In sync mode, a pull after this worker's push for round r waits for round r to
         close and returns the parameters after it. ``UnknownTableError`` for a table that
         was never given to ``init``.
         """
+        if self._needs_tables(names if names is not None or out is None else list(out)):
+            await self._call(self._learn_call())
         return await self._call(self._pull_call(names, out))  # type: ignore[no-any-return]
 
     async def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,

@@ -100,6 +100,8 @@ class Client(ClientBase):
              out: Mapping[str, np.ndarray] | None = None,
              wait: bool = True) -> dict[str, np.ndarray] | Handle:
         """See ``AsyncClient.pull``. ``wait=False`` returns a ``Handle`` at once."""
+        if self._needs_tables(names if names is not None or out is None else list(out)):
+            self._call(self._learn_call())
         return self._call_or_handle(self._pull_call(names, out), wait)
 
     @overload

@@ -10,6 +10,7 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +97,34 @@ def _row_ranges(spec: TableSpec, chunk_bytes: int) -> list[tuple[int, int]]:
     count = min(rows, math.ceil(spec.nbytes / chunk_bytes))
     bounds = [rows * i // count for i in range(count + 1)]
     return list(itertools.pairwise(bounds))
+
+
+def described(per_server: list[list[dict[str, Any]]]) -> Layout:
+    """The layout of the dense tables the servers hold, from what each describes (its
+    ``tables`` answer, server by server in the client's order): a part ``w[0:500]`` on
+    server 1 is rows 0..500 of ``w``. For a client that never called ``init``."""
+    pieces: dict[str, list[tuple[int, int, int, str, list[int]]]] = {}
+    dtypes: dict[str, np.dtype] = {}
+    for server, entries in enumerate(per_server):
+        for entry in entries:
+            if entry.get("kind") != "dense":
+                continue
+            key, shape = str(entry["name"]), [int(n) for n in entry["shape"]]
+            table, _, span = key.partition("[")
+            start, stop = ((int(a) for a in span.rstrip("]").split(":")) if span
+                           else (0, shape[0] if shape else 1))
+            pieces.setdefault(table, []).append((start, stop, server, key, shape))
+            dtypes[table] = np.dtype(str(entry["dtype"]))
+    specs: dict[str, TableSpec] = {}
+    parts: dict[str, tuple[Part, ...]] = {}
+    for table, found in pieces.items():
+        found.sort(key=lambda piece: piece[0])
+        rest = found[0][4][1:]
+        rows = sum(piece[1] - piece[0] for piece in found)
+        spec = TableSpec((rows, *rest) if found[0][4] else (), dtypes[table])
+        row_bytes = spec.nbytes // max(1, rows)
+        specs[table] = spec
+        parts[table] = tuple(Part(table, key, server, start, stop, key == table,
+                                  row_bytes * (stop - start) if spec.shape else spec.nbytes)
+                             for start, stop, server, key, _ in found)
+    return Layout(specs, parts, len(per_server))

@@ -97,12 +97,25 @@ class Planner:
                     f"table's {known[name].dtype}{list(known[name].shape)}")
         return plan(specs, self.servers, self.config.chunk_bytes, self.layout), arrays
 
+    def adopt(self, found: Layout) -> None:
+        """Take the tables of ``found`` (the servers' own description) that this client
+        has not placed itself."""
+        if self.layout is None:
+            self.layout = found
+            return
+        fresh = [n for n in found.specs if n not in self.layout.specs]
+        if fresh:
+            self.layout = Layout({**self.layout.specs, **{n: found.specs[n] for n in fresh}},
+                                 {**self.layout.parts, **{n: found.parts[n] for n in fresh}},
+                                 self.layout.servers)
+
     def need_layout(self) -> Layout:
         if self.layout is None:
             raise UnknownTableError(
                 "unknown_table",
                 "call init() first: the client learns the tables' shapes and where they live "
-                "from init(), which every worker calls with the same initial arrays")
+                "from init(), which every worker calls with the same initial arrays (or pull, "
+                "which asks the servers)")
         return self.layout
 
     def wanted(self, names: Iterable[str] | None) -> list[str]:
