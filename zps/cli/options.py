@@ -100,8 +100,11 @@ def parse(
     options: Sequence[Option],
     argv: Sequence[str] | None,
     environ: Mapping[str, str],
+    sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Resolve every option to a value; raises ``UsageError`` on any mistake."""
+    """Resolve every option to a value; raises ``UsageError`` on any mistake. ``sources``,
+    if given, is filled with where each value came from (a flag, a variable, the config
+    file, or ``default``)."""
     parser = _Parser(prog=prog, description=description)
     parser.add_argument("--config", metavar="FILE",
                         help="TOML file with settings (keys as the long flags, '-' or '_'); "
@@ -126,6 +129,8 @@ def parse(
         if raw is None and opt.dest in file_values:
             raw, source = file_values[opt.dest], f"{opt.name} in the config file"
         values[opt.dest] = opt.default if raw is None else _convert(opt, raw, source)
+        if sources is not None:
+            sources[opt.dest] = "default" if raw is None else source
     return values
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+from zps.cli.launchers import from_launcher
 from zps.cli.options import (
     Option,
     UsageError,
@@ -70,6 +71,9 @@ OPTIONS = (
     Option("heartbeat-interval", non_negative_float, 1.0, "seconds between heartbeats"),
     Option("client-id", str, "", "stable worker id (default: random)"),
     Option("quiet", bool, False, "no progress bar"),
+    Option("print-config", bool, False,
+           "print every setting with where it came from (flag, ZPS_* variable, config file, "
+           "launcher, default) and exit", flag_only=True),
     Option("metrics-out", str, "", "write the job's result (losses, accuracy) to this JSON file"),
     Option("log-level", str, "warning", "logging level",
            choices=("debug", "info", "warning", "error")),
@@ -91,7 +95,10 @@ def load_config(
     argv: Sequence[str] | None, environ: Mapping[str, str]
 ) -> tuple[ClientConfig, JobContext, dict[str, Any]]:
     """Parse flags, environment and TOML into the client config and the job context."""
-    v = parse("zps-worker", "Run a zps training worker.", OPTIONS, argv, environ)
+    sources: dict[str, str] = {}
+    v = parse("zps-worker", "Run a zps training worker.", OPTIONS, argv, environ, sources)
+    _apply_launcher(v, sources, environ)
+    v["sources"] = sources
     if not 0 <= v["worker_index"] < v["num_workers"]:
         raise UsageError(
             f"--worker-index {v['worker_index']} must be in 0..{v['num_workers'] - 1} "
@@ -126,6 +133,28 @@ def load_config(
     return client, ctx, v
 
 
+def _apply_launcher(values: dict[str, Any], sources: dict[str, str],
+                    environ: Mapping[str, str]) -> None:
+    """Fill what was not set explicitly from the launcher's variables (see launchers)."""
+    launch = from_launcher(environ)
+    if launch is None:
+        return
+    for key, value in (("worker_index", launch.worker_index),
+                       ("num_workers", launch.num_workers), ("servers", launch.servers)):
+        if value is not None and sources.get(key) == "default":
+            values[key], sources[key] = value, launch.source
+
+
+def print_config(values: Mapping[str, Any], ctx: JobContext) -> None:
+    """Every setting, its value and where it came from (``--print-config``)."""
+    sources = values["sources"]
+    for key in sorted(sources):
+        value, source = values[key], sources[key]
+        if value is None and hasattr(ctx, key):  # epochs, batch size, lr: the job's own
+            value, source = getattr(ctx, key), f"default of --job {values['job']}"
+        print(f"{key.replace('_', '-')} = {value!r}  ({source})")
+
+
 def _check_writable(path: str) -> None:
     try:
         with open(path, "a"):
@@ -141,6 +170,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     def _main() -> int:
         config, ctx, values = load_config(argv, os.environ)
+        if values["print_config"]:
+            print_config(values, ctx)
+            return 0
         logging.basicConfig(level=str(values["log_level"]).upper(), stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         signal.signal(signal.SIGTERM, _interrupt)  # leave cleanly: say bye, close sockets
