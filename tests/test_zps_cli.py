@@ -49,3 +49,38 @@ def test_mistakes_get_one_line(tmp_path: Path) -> None:
     unknown = run_cli("zps.cli.zps_main", "frobnicate")
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
     assert run_cli("zps.cli.zps_main").returncode == 2
+
+
+def test_top_refreshes_in_place_on_a_terminal(start_server: Any) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, python_env
+
+    server = start_server(mode="sync", workers=1)
+    with zps.Client([server.address], client_id="trainer-7") as ps:
+        ps.init({"w": np.zeros(8, np.float32)})
+        ps.push_pull({"w": np.ones(8)})
+        main, child = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "zps.cli.zps_main", "top", server.address,
+                                 "--interval", "0.2", "--count", "3"], stdout=child,
+                                stderr=child, env={**python_env(), "COLUMNS": "160"}, cwd=ROOT)
+        os.close(child)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(main)
+        assert proc.wait(timeout=30) == 0
+    text = seen.decode(errors="replace")
+    assert "zps servers" in text and "trainer-7" in text and "live" in text
+    assert "\x1b[" in text  # redrawn in place with terminal control sequences
+    bad = run_cli("zps.cli.zps_main", "top", "tcp://127.0.0.1:1", "--interval", "0")
+    assert bad.returncode == 2 and "--interval must be > 0" in bad.stderr

@@ -1,4 +1,4 @@
-"""``zps``: look at a running cluster. ``zps stats``, ``zps tables``, ``zps export``.
+"""``zps``: look at a running cluster: ``zps stats``, ``tables``, ``export``, ``top``.
 
 Each subcommand connects as an observer (it never counts in a round and changes
 nothing) to the servers given, in the workers' order.
@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in (("stats", "each server's counters, members and tables"),
                        ("tables", "the tables the servers hold: kind, dtype, shape, version"),
-                       ("export", "pull every dense table into one .npz file")):
+                       ("export", "pull every dense table into one .npz file"),
+                       ("top", "a live view: servers, rounds/s, bytes/s, members, lag")):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("servers", nargs="+", metavar="ADDR",
                          help="server endpoints (tcp://HOST:PORT), in the workers' order")
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="seconds to wait for each server (default 5)")
         if name == "export":
             sub.add_argument("--out", required=True, help="the .npz file to write")
+        elif name == "top":
+            sub.add_argument("--interval", type=float, default=1.0,
+                             help="seconds between refreshes (default 1)")
+            sub.add_argument("--count", type=int, default=None,
+                             help="refreshes before exiting (default: until Ctrl-C)")
         else:
             sub.add_argument("--json", action="store_true", help="print JSON, not a table")
     return parser
@@ -50,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return 2
         if args.command == "export" and Path(args.out).suffix != ".npz":
             raise UsageError(f"--out {args.out} must end in .npz")
+        if args.command == "top" and not (args.interval > 0 and (args.count or 1) >= 1):
+            raise UsageError("--interval must be > 0 and --count >= 1")
         try:
             with Client(args.servers, role="observer", heartbeat_interval=0,
                         connect_timeout=args.timeout, timeout=args.timeout,
@@ -107,7 +115,14 @@ def _export(ps: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"stats": _stats, "tables": _tables, "export": _export}
+def _top(ps: Client, args: argparse.Namespace) -> int:
+    from zps.cli.top import top
+
+    top(ps.stats, args.interval, args.count)
+    return 0
+
+
+COMMANDS = {"stats": _stats, "tables": _tables, "export": _export, "top": _top}
 
 
 if __name__ == "__main__":
