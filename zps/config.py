@@ -42,6 +42,7 @@ class ServerConfig:
     liveness: int = 10  # a worker silent for interval x liveness is declared dead
     log_every_rounds: int = 100  # one log line per this many closed rounds
     limits: Limits = field(default_factory=Limits)
+    metrics_bind: str = ""  # HOST:PORT for Prometheus /metrics ("": none)
     sndhwm: int = 10_000
     rcvhwm: int = 10_000
     log_entries: int = 1024

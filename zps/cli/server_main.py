@@ -28,6 +28,7 @@ from zps.errors import ConfigError, ZpsError
 from zps.protocol import Limits
 from zps.runtime import run
 from zps.server import Server
+from zps.server.metrics import parse_bind
 from zps.store import parse_optimizer
 from zps.transport import check_endpoint
 
@@ -59,6 +60,8 @@ OPTIONS = (
     Option("heartbeat-interval", positive_float, 1.0, "seconds between client heartbeats"),
     Option("liveness", positive_int, 10,
            "heartbeat intervals of silence before a worker is declared dead"),
+    Option("metrics-bind", checked(parse_bind), "",
+           "serve Prometheus /metrics on HOST:PORT, e.g. 127.0.0.1:9100 (default: none)"),
     Option("max-message-bytes", positive_int, 1 << 30, "largest message accepted"),
     Option("log-every", positive_int, 100, "log one line every N applied rounds"),
     Option("log-level", str, "info", "logging level",
@@ -127,6 +130,7 @@ def load_config(
         checkpoint_rounds=values["checkpoint_rounds"],
         restore=values["restore"],
         inject_pub_drops=values["inject_pub_drops"],
+        metrics_bind=values["metrics_bind"],
     )
     if config.standby_of and config.restore:
         raise UsageError("--standby-of and --restore exclude each other: a standby copies "

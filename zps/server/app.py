@@ -23,6 +23,7 @@ from zps.protocol import DecodeError, decode_request, encode_reply
 from zps.server.checkpoints import Checkpoints, check_writable
 from zps.server.core import ServerCore
 from zps.server.follower import Follower
+from zps.server.metrics import MetricsEndpoint
 from zps.server.publisher import Publisher
 from zps.server.replies import Outgoing
 from zps.store import Change, SnapshotError, latest_checkpoint, read_checkpoint
@@ -54,6 +55,7 @@ class Server:
         self._closing: asyncio.Task[None] | None = None
         self._publisher: Publisher | None = None
         self._follower: Follower | None = None
+        self.metrics: MetricsEndpoint | None = None  # with --metrics-bind
         self._checkpoints: Checkpoints | None = None
         self.failed = ""  # why the server stopped on its own (empty: it did not)
         self.address = ""
@@ -92,6 +94,14 @@ class Server:
             sock.close(linger=0)
             raise
         self._socket = LoopSocket(sock, self._on_message)
+        if cfg.metrics_bind:
+            try:
+                self.metrics = MetricsEndpoint(cfg.metrics_bind, asyncio.get_running_loop(),
+                                               lambda: self.stats_now())
+            except OSError as exc:
+                raise ConfigError(f"cannot serve metrics on {cfg.metrics_bind} "
+                                  f"(--metrics-bind): {exc.strerror or exc}") from None
+            log.info("metrics on http://%s/metrics", self.metrics.address)
         self._own(self._tick_loop())
         if self._checkpoints is not None and (cfg.checkpoint_every > 0
                                               or cfg.checkpoint_rounds > 0):
@@ -200,6 +210,10 @@ class Server:
                     "heartbeats from %s", self.core.epoch, self.core.store.seq, silent,
                     self.config.standby_of)
 
+    def stats_now(self) -> dict[str, Any]:
+        """What ``stats`` answers now (on the event loop's thread)."""
+        return self.core.stats(time.monotonic())
+
     # ------------------------------------------------------------ lifecycle
 
     async def serve(self) -> None:
@@ -229,6 +243,8 @@ class Server:
             except OSError as exc:
                 log.error("final checkpoint not written: %s", exc)
             self._checkpoints.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self._socket is not None:
             self._socket.close(linger=SHUTDOWN_FLUSH_SECONDS)
         if self._follower is not None:

@@ -1,0 +1,117 @@
+"""Prometheus ``/metrics`` for a running server (``zps-server --metrics-bind HOST:PORT``).
+
+An HTTP thread of prometheus-client answers scrapes. Each scrape reads the server's
+``stats`` once, on the server's event loop (so it never races the loop, and costs the hot
+path nothing), and turns it into metric families: the counters, per-table traffic and
+compression, members by state, the SSP clock spread, stragglers, replication lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+SCRAPE_TIMEOUT = 5.0  # seconds a scrape waits for the event loop
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (port 0 picks a free one); ``ValueError`` saying the form."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} must look like HOST:PORT, e.g. 127.0.0.1:9100")
+    return host, int(port)
+
+
+class MetricsEndpoint:
+    """``/metrics`` served from its own thread until ``close()``."""
+
+    def __init__(self, bind: str, loop: asyncio.AbstractEventLoop,
+                 stats: Callable[[], dict[str, Any]]) -> None:
+        host, port = parse_bind(bind)
+        self._loop, self._stats = loop, stats
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self._read))  # type: ignore[arg-type]
+        self._http, self._thread = start_http_server(port, host, registry)
+        self.address = f"{host}:{self._http.server_port}"
+
+    def _read(self) -> dict[str, Any]:
+        """The server's stats, taken on its loop (from the HTTP thread)."""
+        done: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def take() -> None:
+            try:
+                done.set_result(self._stats())
+            except BaseException as exc:  # handed to the scrape, which answers 500
+                done.set_exception(exc)
+        self._loop.call_soon_threadsafe(take)
+        return done.result(timeout=SCRAPE_TIMEOUT)
+
+    def close(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join(SCRAPE_TIMEOUT)
+
+
+class _Collector:
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self._read())
+
+
+def families(info: dict[str, Any]) -> Iterator[Metric]:
+    """Metric families from one ``stats`` answer."""
+    for key, value in sorted(info.get("counters", {}).items()):
+        if isinstance(value, int | float):
+            yield CounterMetricFamily(f"zps_{key}", f"zps server counter: {key}", value=value)
+    for key in ("epoch", "seq", "rounds", "waiting"):
+        if isinstance(info.get(key), int | float):
+            yield GaugeMetricFamily(f"zps_{key}", f"zps server {key}", value=info[key])
+    role = GaugeMetricFamily("zps_role", "1 for this server's role", labels=["role"])
+    role.add_metric([str(info.get("role"))], 1)
+    yield role
+    yield from _tables(info.get("tables", []))
+    yield from _members(info.get("members", []))
+    replica = info.get("replica") or {}
+    for key in ("lag", "acked"):
+        if isinstance(replica.get(key), int | float):
+            yield GaugeMetricFamily(f"zps_replication_{key}", f"replication {key} (changes)",
+                                    value=replica[key])
+
+
+def _tables(tables: list[dict[str, Any]]) -> Iterator[Metric]:
+    counters = {"bytes_in": "bytes pushed into the table", "bytes_out": "bytes pulled"}
+    gauges = {"version": "the table's version", "rounds": "sync rounds closed",
+              "compression": "push compression ratio (raw / sent)",
+              "pull_compression": "pull compression ratio", "rows": "rows stored",
+              "admitted": "rows admitted", "evicted": "rows evicted",
+              "pending": "ids counted, not yet admitted"}
+    for kind, described in ((CounterMetricFamily, counters), (GaugeMetricFamily, gauges)):
+        for key, text in described.items():
+            family = kind(f"zps_table_{key}", text, labels=["table"])
+            for table in tables:
+                if isinstance(table.get(key), int | float):
+                    family.add_metric([str(table["name"])], table[key])
+            yield family
+
+
+def _members(members: list[dict[str, Any]]) -> Iterator[Metric]:
+    by_state: dict[str, int] = {}
+    for member in members:
+        by_state[str(member.get("state"))] = by_state.get(str(member.get("state")), 0) + 1
+    family = GaugeMetricFamily("zps_members", "members by state", labels=["state"])
+    for state, count in sorted(by_state.items()):
+        family.add_metric([state], count)
+    yield family
+    clocks = [m["clock"] for m in members
+              if m.get("state") == "live" and isinstance(m.get("clock"), int)]
+    yield GaugeMetricFamily("zps_ssp_clock_spread", "fastest minus slowest live clock",
+                            value=max(clocks) - min(clocks) if clocks else 0)
+    yield CounterMetricFamily("zps_straggles", "rounds closed without a member (all members)",
+                              value=sum(int(m.get("straggles", 0)) for m in members))
