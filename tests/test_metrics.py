@@ -17,10 +17,14 @@ from .conftest import run_cli
 
 
 def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
+    text = text_of(address)
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def text_of(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        return answer.read().decode()  # type: ignore[no-any-return]
 
 
 def test_metrics_move_as_workers_push(start_server: Any) -> None:
@@ -40,6 +44,10 @@ def test_metrics_move_as_workers_push(start_server: Any) -> None:
     assert after[("zps_members", (("state", "live"),))] == 1
     assert after[("zps_role", (("role", "primary"),))] == 1
     assert after[("zps_ssp_clock_spread", ())] == 0
+    assert after[("zps_job_rounds", ())] == 3
+    names = [line.split()[2] for line in text_of(address).splitlines()
+             if line.startswith("# TYPE")]
+    assert len(names) == len(set(names))  # every family once
 
 
 @pytest.mark.parametrize("text", ["9100", "localhost", ":9100", "host:99999", "h:p"])

@@ -70,9 +70,13 @@ def families(info: dict[str, Any]) -> Iterator[Metric]:
     for key, value in sorted(info.get("counters", {}).items()):
         if isinstance(value, int | float):
             yield CounterMetricFamily(f"zps_{key}", f"zps server counter: {key}", value=value)
-    for key in ("epoch", "seq", "rounds", "waiting"):
+    gauges = {"epoch": ("zps_epoch", "the primary's epoch (takeovers so far + 1)"),
+              "seq": ("zps_seq", "changes applied"),
+              "rounds": ("zps_job_rounds", "the most rounds any table has closed"),
+              "waiting": ("zps_waiting", "requests waiting for a round or a read")}
+    for key, (name, text) in gauges.items():
         if isinstance(info.get(key), int | float):
-            yield GaugeMetricFamily(f"zps_{key}", f"zps server {key}", value=info[key])
+            yield GaugeMetricFamily(name, text, value=info[key])
     role = GaugeMetricFamily("zps_role", "1 for this server's role", labels=["role"])
     role.add_metric([str(info.get("role"))], 1)
     yield role
