@@ -48,6 +48,7 @@ def test_mistakes_get_one_line(tmp_path: Path) -> None:
     assert bad_out.returncode == 2 and "must end in .npz" in bad_out.stderr
     unknown = run_cli("zps.cli.zps_main", "frobnicate")
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1
     assert run_cli("zps.cli.zps_main").returncode == 2
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -20,8 +20,13 @@ from zps.client import Client
 from zps.errors import ZpsError
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage and a line
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zps", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="zps", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in (("stats", "each server's counters, members and tables"),
                        ("tables", "the tables the servers hold: kind, dtype, shape, version"),
@@ -47,10 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     def _main() -> int:
         parser = _parser()
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exit_:  # argparse printed its one-line message already
-            return int(exit_.code or 0)
+        args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
