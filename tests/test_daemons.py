@@ -24,13 +24,13 @@ from .conftest import ROOT, python_env, run_cli
 def test_daemons_train_digits_to_the_accuracy_bar(tmp_path: Path) -> None:
     with LocalCluster(tmp_path) as cluster:
         cluster.start_servers(2, ["--mode", "sync", "--workers", "3"])
-        for index in range(3):
+        for index in range(3):  # ranks and the worker count come from the servers
             cluster.start_worker([
-                "--num-workers", "3", "--worker-index", str(index), "--epochs", "60",
-                "--quiet", "--metrics-out", str(tmp_path / f"w{index}.json"),
+                "--epochs", "60", "--quiet", "--metrics-out", str(tmp_path / f"w{index}.json"),
             ])
         assert cluster.wait_workers(timeout=120) == [0, 0, 0]
     results = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(3)]
+    assert sorted(r["worker"] for r in results) == [0, 1, 2]
     accuracies = {round(r["test_accuracy"], 6) for r in results}
     assert len(accuracies) == 1  # sync mode: every worker ends with the same parameters
     assert accuracies.pop() >= 0.95

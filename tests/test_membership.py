@@ -10,9 +10,12 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import zps
 import zps.runtime
+from zps.server.members import Ranks
 
 from .conftest import ROOT, python_env, wait_for
 
@@ -157,3 +160,50 @@ def test_killed_worker_restarts_with_its_id_and_rejoins(start_server) -> None:
         finally:
             first.kill()
             first.wait()
+
+
+def test_ranks_are_assigned_at_hello_and_kept_for_a_returning_id(start_server) -> None:
+    server = start_server(mode="async", workers=3)
+    first = zps.Client([server.address], client_id="a")
+    second = zps.Client([server.address], client_id="b")
+    assert (first.rank, second.rank, first.num_workers) == (0, 1, 3)
+    first.close()  # "a" leaves; "c" replaces it and takes the free rank 0
+    with zps.Client([server.address], client_id="c") as third:
+        assert third.rank == 0
+        again = zps.Client([server.address], client_id="a")  # back: rank 0 is taken
+        assert again.rank == 2
+        again.close()
+    with zps.Client([server.address], client_id="a") as back:
+        assert back.rank == 2  # its own rank again, now that nobody holds it
+        with zps.Client([server.address], rank=7) as given:
+            assert given.rank == 7
+        observer = zps.Client([server.address], role="observer")
+        assert observer.rank is None
+        observer.close()
+        ranks = {m["id"]: m["rank"] for m in back.stats()[0]["members"]}
+        assert ranks["a"] == 2 and ranks["b"] == 1
+    second.close()
+
+
+live_and_wanted = st.lists(st.tuples(st.sampled_from("abcdefgh"), st.booleans(),
+                                     st.none() | st.integers(0, 5)), max_size=40)
+
+
+@given(live_and_wanted)
+def test_auto_ranks_of_live_workers_never_collide(events: list[tuple[str, bool, int | None]],
+                                                  ) -> None:
+    ranks, live = Ranks(), set()
+    for client, joins, wanted in events:
+        if not joins:
+            live.discard(client)
+            continue
+        previous = ranks.get(client)
+        held = {ranks.get(c) for c in live if c != client}
+        rank = ranks.assign(client, wanted, live | {client})
+        live.add(client)
+        if wanted is not None:
+            assert rank == wanted
+        else:
+            assert rank not in held
+            assert rank == previous or previous is None or previous in held
+            assert rank == previous or rank <= len(held)  # else the lowest free one

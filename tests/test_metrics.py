@@ -56,3 +56,31 @@ def test_a_bad_metrics_address_is_refused(text: str) -> None:
         parse_bind(text)
     result = run_cli("zps.cli.server_main", "--metrics-bind", text)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_latency_histograms_and_checkpoint_age(start_server: Any, tmp_path: Any) -> None:
+    server = start_server(mode="sync", workers=1, metrics_bind="127.0.0.1:0",
+                          checkpoint_dir=str(tmp_path))
+    address = server.server.metrics.address
+    with zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(64, np.float32)})
+        for _ in range(4):
+            ps.push_pull({"w": np.ones(64, np.float32)})
+        ps.pull()
+        found = scrape(address)
+        assert found[("zps_checkpoint_unsaved_changes", ())] == 5  # init and 4 rounds
+        server.call(server.server.checkpoint())
+        after = scrape(address)
+    push_pull = (("op", "push_pull"),)
+    assert found[("zps_request_seconds_count", push_pull)] == 4
+    assert found[("zps_request_seconds_bucket", (("le", "+Inf"), ("op", "push_pull")))] == 4
+    assert 0 < found[("zps_request_seconds_sum", push_pull)] < 4 * 30
+    assert found[("zps_request_seconds_count", (("op", "pull"),))] == 1
+    assert found[("zps_round_seconds_count", ())] == 4
+    buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in
+                     found.items() if name == "zps_request_seconds_bucket"
+                     and dict(labels)["op"] == "push_pull")
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert after[("zps_checkpoint_unsaved_changes", ())] == 0
+    assert after[("zps_checkpoint_age_seconds", ())] < found[("zps_checkpoint_age_seconds", ())]
+    assert after[("zps_checkpoint_seconds", ())] > 0

@@ -64,6 +64,12 @@ class ServerConfig:
     checkpoint_every: float = 0.0
     checkpoint_rounds: int = 0
     restore: str = ""
+    # CURVE (off unless curve_key is set): this server's key pair file, the folder of the
+    # public keys allowed in, by role (workers/, standbys/, observers/), and, for a
+    # standby, its primary's public key (default: the public half of curve_key).
+    curve_key: str = ""
+    curve_authorized: str = ""
+    curve_server_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,12 @@ class ClientConfig:
     pull_codec: str | None = None
     full_pull_every: int = 20
     client_id: str | None = None  # stable id for a worker that restarts; random by default
+    rank: int | None = None  # a worker's rank (data shard); None: the first server assigns one
     # Hot standbys, one per server in the same order ("" for a server without one): the
     # client switches to a standby when it takes over from its primary.
     standbys: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)  # bounds on the replies it accepts
+    # CURVE: the servers' public key and this client's key pair (paths of the files
+    # `zps keygen` writes, or Z85 keys); both or neither.
+    curve_server_key: str | bytes | None = None
+    curve_key: str | bytes | None = None

@@ -52,6 +52,11 @@ class RejectedError(RemoteError):
     """The server refused the request (malformed, too large, not allowed in this state)."""
 
 
+class ForbiddenError(RejectedError):
+    """With CURVE on, this client's key has a role that may not do this (an observer key
+    pushing, a worker key replicating, one key acting for another's client id)."""
+
+
 class ServerUnreachable(ZpsError, TimeoutError):
     """No answer from a server before the deadline: it is down, unreachable, or overloaded."""
 
@@ -80,6 +85,7 @@ ERROR_CODES: dict[str, type[RemoteError]] = {
     "not_registered": RejectedError,
     "duplicate_table": RejectedError,
     "shutting_down": RejectedError,
+    "forbidden": ForbiddenError,
     "internal": RemoteError,
 }
 

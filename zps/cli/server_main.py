@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import zmq
 
+from zps.cli.logs import FORMATS, setup_logging
 from zps.cli.options import (
     Option,
     UsageError,
@@ -66,6 +66,16 @@ OPTIONS = (
     Option("log-every", positive_int, 100, "log one line every N applied rounds"),
     Option("log-level", str, "info", "logging level",
            choices=("debug", "info", "warning", "error")),
+    Option("log-format", str, "text", "text lines, or one JSON object a line (for log "
+           "collectors)", choices=FORMATS),
+    Option("curve-key", str, "",
+           "turn CURVE on: this server's key pair file (server.key_secret from `zps keygen`)"),
+    Option("curve-authorized", str, "",
+           "with --curve-key: the folder of public keys allowed in, by role "
+           "(workers/, standbys/, observers/; `zps keygen DIR` writes DIR/authorized)"),
+    Option("curve-server-key", str, "",
+           "a standby's CURVE: its primary's public key (default: the public half of "
+           "--curve-key, for servers sharing one key pair)"),
     Option("ready-file", str, "", "write the bound address to this file once listening"),
     Option("standby-of", str, "",
            "run as the hot standby of this primary (tcp://HOST:PORT): mirror its tables and "
@@ -131,6 +141,9 @@ def load_config(
         restore=values["restore"],
         inject_pub_drops=values["inject_pub_drops"],
         metrics_bind=values["metrics_bind"],
+        curve_key=values["curve_key"],
+        curve_authorized=values["curve_authorized"],
+        curve_server_key=values["curve_server_key"],
     )
     if config.standby_of and config.restore:
         raise UsageError("--standby-of and --restore exclude each other: a standby copies "
@@ -179,10 +192,7 @@ def _write_atomically(path: str, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     def _main() -> int:
         config, values = load_config(argv, os.environ)
-        logging.basicConfig(
-            level=str(values["log_level"]).upper(), stream=sys.stderr,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        )
+        setup_logging(str(values["log_level"]), str(values["log_format"]))
         return run(serve(config, str(values["ready_file"])))
 
     run_cli("zps-server", _main)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
 from zps.cli.launchers import from_launcher
+from zps.cli.logs import FORMATS, setup_logging
 from zps.cli.options import (
     Option,
     UsageError,
@@ -29,14 +30,24 @@ from zps.errors import ConfigError, ZpsError
 from zps.jobs import JobContext, resolve_job
 from zps.store import parse_optimizer
 
+
+def _rank(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 0):
+        raise ValueError("must be auto or an integer >= 0")
+    return text
+
+
 OPTIONS = (
     Option("servers", str, "tcp://127.0.0.1:5570",
            "comma-separated server endpoints, the same list and order on every worker"),
     Option("job", str, "digits-mlp",
            "digits-mlp, digits-softmax, ctr, torch-digits, torch-ctr, or "
            "package.module:function"),
-    Option("worker-index", int, 0, "this worker's shard index, 0..num-workers-1"),
-    Option("num-workers", positive_int, 1, "how many workers share the training data"),
+    Option("worker-index", checked(_rank), "auto",
+           "this worker's shard index, 0..num-workers-1, or auto: the first server assigns "
+           "one at registration (the same again for a --client-id that comes back)"),
+    Option("num-workers", positive_int, None,
+           "how many workers share the training data (default: the servers' --workers)"),
     Option("epochs", positive_int, None,
            "passes over this worker's shard (default: 30 for digits, 2 for ctr and torch-ctr, "
            "14 for torch-digits)"),
@@ -77,6 +88,12 @@ OPTIONS = (
     Option("metrics-out", str, "", "write the job's result (losses, accuracy) to this JSON file"),
     Option("log-level", str, "warning", "logging level",
            choices=("debug", "info", "warning", "error")),
+    Option("log-format", str, "text", "text lines, or one JSON object a line (for log "
+           "collectors; progress then goes to the log too)", choices=FORMATS),
+    Option("curve-server-key", str, "",
+           "with CURVE: the servers' public key file (server.key from `zps keygen`)"),
+    Option("curve-key", str, "",
+           "with CURVE: this worker's key pair file (worker.key_secret)"),
 )
 
 
@@ -99,11 +116,8 @@ def load_config(
     v = parse("zps-worker", "Run a zps training worker.", OPTIONS, argv, environ, sources)
     _apply_launcher(v, sources, environ)
     v["sources"] = sources
-    if not 0 <= v["worker_index"] < v["num_workers"]:
-        raise UsageError(
-            f"--worker-index {v['worker_index']} must be in 0..{v['num_workers'] - 1} "
-            "(set --num-workers to the number of workers)"
-        )
+    rank = None if v["worker_index"] == "auto" else int(v["worker_index"])
+    check_rank(rank, v["num_workers"])
     if v["retries"] < 0:
         raise UsageError("--retries must be >= 0")
     client = ClientConfig(
@@ -117,20 +131,43 @@ def load_config(
         full_pull_every=v["full_pull_every"],
         heartbeat_interval=v["heartbeat_interval"],
         client_id=v["client_id"] or None,
+        rank=rank,
         standbys=tuple(a.strip() for a in v["standbys"].split(",")) if v["standbys"] else (),
+        curve_server_key=v["curve_server_key"] or None,
+        curve_key=v["curve_key"] or None,
     )
     ctx = JobContext(
         slow=v["slow"],
         server_optimizer=parse_optimizer(v["server_optimizer"]),
         eval_every=max(0, v["eval_every"]),
-        worker_index=v["worker_index"],
-        num_workers=v["num_workers"],
+        worker_index=rank or 0,  # auto, or the worker count from the servers: see joined()
+        num_workers=v["num_workers"] or 1,
         **{key: v[key] if v[key] is not None else value
            for key, value in job_defaults(v["job"]).items()},
         seed=v["seed"],
         progress=not v["quiet"],
     )
     return client, ctx, v
+
+
+def check_rank(rank: int | None, num_workers: int | None) -> None:
+    """A rank outside 0..num_workers-1 is a ``UsageError`` saying what to change."""
+    if rank is not None and num_workers is not None and not 0 <= rank < num_workers:
+        raise UsageError(f"--worker-index {rank} must be in 0..{num_workers - 1} (set "
+                         "--num-workers to the number of workers, or --worker-index auto)")
+
+
+def joined(ps: Client, ctx: JobContext, values: Mapping[str, Any]) -> JobContext:
+    """The job context once connected: the rank the servers assigned (``auto``) and the
+    worker count they were started for (unless given)."""
+    rank = ps.rank if ps.rank is not None else ctx.worker_index
+    count = values["num_workers"] or ps.num_workers
+    if values["num_workers"] is None and rank >= count:
+        raise UsageError(f"the servers assigned rank {rank}, but they were started for "
+                         f"{count} workers (zps-server --workers); start at most {count} "
+                         "workers, or give --num-workers")
+    check_rank(rank, count)
+    return replace(ctx, worker_index=rank, num_workers=count)
 
 
 def _apply_launcher(values: dict[str, Any], sources: dict[str, str],
@@ -173,14 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if values["print_config"]:
             print_config(values, ctx)
             return 0
-        logging.basicConfig(level=str(values["log_level"]).upper(), stream=sys.stderr,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        setup_logging(str(values["log_level"]), str(values["log_format"]))
         signal.signal(signal.SIGTERM, _interrupt)  # leave cleanly: say bye, close sockets
         if values["metrics_out"]:
             _check_writable(values["metrics_out"])  # fail now, not after the training run
         try:
             job = resolve_job(values["job"])
             with Client(values["servers"], config) as ps:
+                ctx = joined(ps, ctx, values)
                 result = job(ps, ctx) or {}
         except ConfigError as exc:
             raise UsageError(str(exc)) from None

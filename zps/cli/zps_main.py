@@ -1,7 +1,8 @@
-"""``zps``: look at a running cluster: ``zps stats``, ``tables``, ``export``, ``top``.
+"""``zps``: look at a running cluster: ``zps stats``, ``tables``, ``export``, ``top``;
+make its CURVE keys: ``zps keygen``.
 
-Each subcommand connects as an observer (it never counts in a round and changes
-nothing) to the servers given, in the workers' order.
+Each look connects as an observer (it never counts in a round and changes nothing) to
+the servers given, in the workers' order.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from zps.cli.keygen import FOLDER_OF, keygen
 from zps.cli.options import UsageError, run_cli
 from zps.client import Client
-from zps.errors import ZpsError
+from zps.errors import ConfigError, ZpsError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
                              help="refreshes before exiting (default: until Ctrl-C)")
         else:
             sub.add_argument("--json", action="store_true", help="print JSON, not a table")
+        sub.add_argument("--curve-server-key", metavar="FILE", default="",
+                         help="with CURVE: the servers' public key (server.key)")
+        sub.add_argument("--curve-key", metavar="FILE", default="",
+                         help="with CURVE: this client's key pair (observer.key_secret)")
+    text = "write CURVE key pairs and the folder of authorized keys"
+    sub = commands.add_parser("keygen", help=text, description=text)
+    sub.add_argument("dir", metavar="DIR", help="where to write the keys")
+    sub.add_argument("--name", default=None,
+                     help="write one more pair, NAME.key and NAME.key_secret (default: the "
+                          "server, worker and observer pairs of a new cluster)")
+    sub.add_argument("--role", default="worker", choices=sorted(FOLDER_OF),
+                     help="what --name's key may do (default worker)")
     return parser
 
 
@@ -56,16 +70,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command == "keygen":
+            try:
+                lines = keygen(Path(args.dir), args.name, args.role)
+            except (ConfigError, OSError) as exc:
+                raise UsageError(str(exc)) from None
+            print("\n".join(lines))
+            return 0
         if args.command == "export" and Path(args.out).suffix != ".npz":
             raise UsageError(f"--out {args.out} must end in .npz")
         if args.command == "top" and not (args.interval > 0 and (args.count or 1) >= 1):
             raise UsageError("--interval must be > 0 and --count >= 1")
         try:
             with Client(args.servers, role="observer", heartbeat_interval=0,
-                        connect_timeout=args.timeout, timeout=args.timeout,
-                        retries=0) as ps:
+                        connect_timeout=args.timeout, timeout=args.timeout, retries=0,
+                        curve_server_key=args.curve_server_key or None,
+                        curve_key=args.curve_key or None) as ps:
                 return COMMANDS[args.command](ps, args)
-        except ZpsError as exc:
+        except (ConfigError, ZpsError) as exc:
             raise UsageError(str(exc)) from None
 
     run_cli("zps", _main)

@@ -57,6 +57,18 @@ class ClientBase:
         return dict(self._engine.hello[0])
 
     @property
+    def rank(self) -> int | None:
+        """This worker's rank: ``rank=`` as given, else the one the first server assigned
+        at hello (the lowest no live worker holds; the same again for a ``client_id`` that
+        comes back). None for observers."""
+        return self._engine.rank if self._engine.config.role == "worker" else None
+
+    @property
+    def num_workers(self) -> int:
+        """How many workers the servers were started for (``zps-server --workers``)."""
+        return int(self._engine.hello[0].get("workers", 1))
+
+    @property
     def mode(self) -> str:
         """The consistency mode the servers run (``sync``, ``async`` or ``ssp:K``)."""
         return str(self._engine.hello[0].get("mode", ""))

@@ -21,7 +21,8 @@ from zps.client.engine import Engine
 from zps.client.plans import push_options
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
-from zps.errors import ClosedError, ZpsError
+from zps.curve import HandshakeWatch, client_curve
+from zps.errors import ClosedError, ServerUnreachable, ZpsError
 from zps.protocol import Op
 from zps.transport import LoopSocket, open_socket
 
@@ -45,6 +46,7 @@ class AsyncClient(ClientBase):
         self._engine = Engine(servers, config, **overrides)
         self._context: zmq.Context | None = None
         self._sockets: list[LoopSocket | None] = []
+        self._curve: dict[str, int | bytes] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._heartbeat: asyncio.Task[None] | None = None
@@ -64,9 +66,21 @@ class AsyncClient(ClientBase):
             raise ClosedError("this zps.AsyncClient is closed")
         self._context = zmq.Context()
         try:
+            self._curve = client_curve(self.config.curve_server_key, self.config.curve_key)
             for endpoint, address in enumerate(self._engine.endpoints):
                 self._sockets.append(self._dealer(endpoint, address) if address else None)
-            await self._run(self._engine.connect(time.monotonic()))
+            watch = HandshakeWatch({a: s.socket for a, s in zip(
+                self._engine.endpoints, self._sockets, strict=True) if s is not None},
+                self._curve)
+            try:
+                await self._run(self._engine.connect(time.monotonic()))
+            except ServerUnreachable:
+                why = watch.explain()
+                if why is None:
+                    raise
+                raise ServerUnreachable(why) from None
+            finally:
+                watch.close()
         except BaseException:
             await self.close()
             raise
@@ -82,7 +96,7 @@ class AsyncClient(ClientBase):
             read_replies(sock, endpoint, self._engine, limits, time.monotonic())
             self._flush()
 
-        return LoopSocket(open_socket(self._context, zmq.DEALER, address),
+        return LoopSocket(open_socket(self._context, zmq.DEALER, address, **self._curve),
                           on_readable=readable)
 
     async def close(self) -> None:

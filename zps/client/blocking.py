@@ -25,7 +25,8 @@ from zps.client.engine import Engine
 from zps.client.plans import push_options
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
-from zps.errors import ClosedError, ZpsError
+from zps.curve import HandshakeWatch, client_curve
+from zps.errors import ClosedError, ServerUnreachable, ZpsError
 from zps.protocol import Op, Request, encode_request
 from zps.transport import open_socket, send_frames
 
@@ -51,6 +52,7 @@ class Client(ClientBase):
     def __init__(self, servers: str | Sequence[str], config: ClientConfig | None = None,
                  **overrides: Any) -> None:
         self._engine = Engine(servers, config, **overrides)
+        self._curve = client_curve(self.config.curve_server_key, self.config.curve_key)
         self._context = zmq.Context()
         self._poller = zmq.Poller()
         self._sockets: list[zmq.Socket | None] = []
@@ -60,16 +62,28 @@ class Client(ClientBase):
             for address in self._engine.endpoints:
                 self._sockets.append(self._dealer(address) if address else None)
             self._endpoint_of = {s: i for i, s in enumerate(self._sockets) if s is not None}
-            self._run(self._engine.connect(time.monotonic()))
+            watch = HandshakeWatch({a: s for a, s in zip(self._engine.endpoints, self._sockets,
+                                                         strict=True) if s is not None},
+                                   self._curve)
+            try:
+                self._run(self._engine.connect(time.monotonic()))
+            except ServerUnreachable:
+                why = watch.explain()
+                if why is None:
+                    raise
+                raise ServerUnreachable(why) from None
+            finally:
+                watch.close()
         except BaseException:
             self._close_sockets()
             raise
         if self.config.heartbeat_interval > 0:
             self._heartbeats = _Heartbeats([a for a in self._engine.endpoints if a],
-                                           self.client_id, self.config.heartbeat_interval)
+                                           self.client_id, self.config.heartbeat_interval,
+                                           self._curve)
 
     def _dealer(self, address: str) -> zmq.Socket:
-        sock = open_socket(self._context, zmq.DEALER, address)
+        sock = open_socket(self._context, zmq.DEALER, address, **self._curve)
         self._poller.register(sock, zmq.POLLIN)
         return sock
 
@@ -284,8 +298,10 @@ class _Heartbeats:
     # Ids far above the client's own requests: heartbeats change nothing on a server.
     FIRST_ID = 1 << 62
 
-    def __init__(self, addresses: list[str], client_id: str, interval: float) -> None:
+    def __init__(self, addresses: list[str], client_id: str, interval: float,
+                 curve: dict[str, int | bytes]) -> None:
         self._addresses = addresses
+        self._curve = curve
         self._client_id = client_id
         self._interval = interval
         self._stop = threading.Event()
@@ -294,7 +310,8 @@ class _Heartbeats:
 
     def _run(self) -> None:
         with zmq.Context() as ctx:
-            sockets = [open_socket(ctx, zmq.DEALER, a, SNDHWM=4) for a in self._addresses]
+            sockets = [open_socket(ctx, zmq.DEALER, a, SNDHWM=4, **self._curve)
+                       for a in self._addresses]
             rid = self.FIRST_ID
             while not self._stop.wait(self._interval):
                 rid += 1

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from zps.client.calls import unreachable_message
 from zps.errors import ServerUnreachable, remote_error
-from zps.protocol import Op, Reply
+from zps.protocol import Op, Reply, Request, encode_request
 
 if TYPE_CHECKING:
     from zps.client.calls import Call
@@ -113,3 +113,13 @@ def _primary(info: dict[str, Any]) -> bool:
 def _epoch(info: dict[str, Any]) -> int:
     epoch = info.get("epoch")
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+
+
+def hello_frames(engine: Engine, shard: int, rid: int) -> list[Any]:
+    """A hello to ``shard``: the role, the layout, and the rank held or wanted."""
+    config = engine.config
+    options: dict[str, Any] = {"role": config.role,
+                               "layout": [len(engine.servers), config.chunk_bytes, shard]}
+    if engine.rank is not None and config.role == "worker":
+        options["rank"] = engine.rank  # a rank once assigned is kept across failovers
+    return encode_request(Request(Op.HELLO, engine.client_id, rid, options=options))

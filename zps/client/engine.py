@@ -33,7 +33,7 @@ from zps.client.calls import (
     as_int,
     unreachable_message,
 )
-from zps.client.connect import Connecting
+from zps.client.connect import Connecting, hello_frames
 from zps.client.deltas import HeldCopies, StaleBase
 from zps.client.failover import Failover
 from zps.client.plans import Planner, place, server_list
@@ -77,6 +77,7 @@ class Engine:
         self.epochs = [0] * shards
         self.server_ids: list[str | None] = [None] * shards
         self.hello: list[dict[str, Any]] = [{} for _ in range(shards)]
+        self.rank = self.config.rank  # a worker's: given, or assigned by the first server
         self.planner = Planner(self.config, shards)
         self.rows = RowCalls(shards, self.config.chunk_bytes, self.planner.codec,
                              self.planner.limits)
@@ -156,7 +157,7 @@ class Engine:
             for slot in (0, 1) if self.has_standby(shard) else (0,):
                 rid = self._rid()
                 self._connecting.asked[rid] = (shard, slot)
-                self._sends.append((2 * shard + slot, self.hello_frames(shard, rid)))
+                self._sends.append((2 * shard + slot, hello_frames(self, shard, rid)))
         return call
 
     def connecting_failed(self) -> None:
@@ -179,18 +180,15 @@ class Engine:
                 self.failover.watch(shard, now)
 
     def adopt_hello(self, shard: int, info: dict[str, Any]) -> None:
-        """What a shard's primary said in answer to hello."""
+        """What a shard's primary said in answer to hello (the first one: the rank)."""
         self.hello[shard] = info
         self.epochs[shard] = max(self.epochs[shard], as_int(info.get("epoch")))
         self.server_ids[shard] = info.get("sid") or info.get("server_id")
         limit = info.get("max_message_bytes")
         self.planner.limits[shard] = limit if isinstance(limit, int) else None
         self._next_id = max(self._next_id, as_int(info.get("next_id")))  # above ids it saw
-
-    def hello_frames(self, shard: int, rid: int) -> list[Any]:
-        options = {"role": self.config.role,
-                   "layout": [len(self.servers), self.config.chunk_bytes, shard]}
-        return encode_request(Request(Op.HELLO, self.client_id, rid, options=options))
+        if shard == 0 and self.rank is None and isinstance(info.get("rank"), int):
+            self.rank = info["rank"]
 
     # ------------------------------------------------------------ replies
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from zps.client.calls import REGISTERING, as_int, unreachable_message
+from zps.client.connect import hello_frames
 from zps.errors import ServerUnreachable, remote_error
 from zps.protocol import Op, Reply, Request, encode_request
 
@@ -73,7 +74,7 @@ class Failover:
         rid = engine.new_id()
         self._hellos[rid] = _Hello(shard, now + engine.config.connect_timeout,
                                    engine.config.retries if attempts is None else attempts)
-        engine.add_send(2 * shard + engine.active[shard], engine.hello_frames(shard, rid))
+        engine.add_send(2 * shard + engine.active[shard], hello_frames(engine, shard, rid))
 
     def watch(self, shard: int, now: float) -> None:
         """Ask shard's standby to answer once it has taken over (a primary answers at

@@ -18,6 +18,14 @@ from typing import Any
 import zmq
 
 from zps.config import ServerConfig
+from zps.curve import (
+    KeyPair,
+    client_options,
+    fingerprint,
+    load_pair,
+    load_public,
+    make_curve_server,
+)
 from zps.errors import ConfigError, ProtocolError
 from zps.protocol import DecodeError, decode_request, encode_reply
 from zps.server.checkpoints import Checkpoints, check_writable
@@ -26,12 +34,14 @@ from zps.server.follower import Follower
 from zps.server.metrics import MetricsEndpoint
 from zps.server.publisher import Publisher
 from zps.server.replies import Outgoing
+from zps.server.zap import CLIENTS_DOMAIN, ZapHandler
 from zps.store import Change, SnapshotError, latest_checkpoint, read_checkpoint
 from zps.transport import ZERO_COPY_BYTES, LoopSocket, bind
 
 log = logging.getLogger("zps.server")
 
 SHUTDOWN_FLUSH_SECONDS = 1.0  # how long error replies to waiting requests may take to leave
+MAX_TIMED = 1 << 16  # requests timed at once (for the latency histograms)
 
 
 class Server:
@@ -57,6 +67,9 @@ class Server:
         self._follower: Follower | None = None
         self.metrics: MetricsEndpoint | None = None  # with --metrics-bind
         self._checkpoints: Checkpoints | None = None
+        self._curve: KeyPair | None = None
+        self._zap: ZapHandler | None = None
+        self._started: dict[tuple[bytes, int | None], tuple[str, float]] = {}  # latency
         self.failed = ""  # why the server stopped on its own (empty: it did not)
         self.address = ""
 
@@ -78,8 +91,10 @@ class Server:
                 raise ConfigError(f"cannot write checkpoints to {cfg.checkpoint_dir}: "
                                   f"{exc.strerror or exc}") from None
             self._checkpoints = Checkpoints(self.core, Path(cfg.checkpoint_dir))
+            self.core.checkpoint_info = self._checkpoints.info
         if cfg.restore:
             self._restore(Path(cfg.restore))
+        self._start_curve()
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, cfg.sndhwm)
@@ -89,6 +104,8 @@ class Server:
         # protocol check in decode_request then answers messages over the limit in total.
         sock.setsockopt(zmq.MAXMSGSIZE, cfg.limits.max_message_bytes)
         try:
+            if self._curve is not None:
+                make_curve_server(sock, self._curve, CLIENTS_DOMAIN)
             self.address = bind(sock, cfg.bind, "the server (--bind)")
         except BaseException:
             sock.close(linger=0)
@@ -114,11 +131,34 @@ class Server:
                      cfg.workers, self.core.replica.pub_endpoint)
         else:
             self._follower = Follower(self.core, self._context, cfg.standby_of,
-                                      f"standby-{self.server_id}")
+                                      f"standby-{self.server_id}", self._client_curve())
             self.core.replication_info = self._follower_info
             self._own(self._follow())
             log.info("zps-server %s listening on %s as hot standby of %s (epoch %d)",
                      self.server_id, self.address, cfg.standby_of, self.core.epoch)
+
+    def _start_curve(self) -> None:
+        """With ``curve_key``: load the key pair and start authenticating (before any
+        socket binds: a CURVE socket bound without a ZAP handler would admit any key)."""
+        cfg = self.config
+        if not cfg.curve_key and not cfg.curve_authorized:
+            return
+        if not cfg.curve_key or not cfg.curve_authorized:
+            raise ConfigError("CURVE needs both --curve-key FILE (this server's key pair) and "
+                              "--curve-authorized DIR (the public keys allowed in, by role); "
+                              "`zps keygen DIR` writes both")
+        self._curve = load_pair(cfg.curve_key, "--curve-key")
+        self._zap = ZapHandler(self._context, Path(cfg.curve_authorized), self.core.counters)
+        log.info("CURVE on: key %s, %d authorized keys in %s", fingerprint(self._curve.public),
+                 len(self._zap.keys), cfg.curve_authorized)
+
+    def _client_curve(self) -> dict[str, int | bytes]:
+        """Socket options of this standby's own connections to its primary."""
+        if self._curve is None:
+            return {}
+        server_key = load_public(self.config.curve_server_key, "--curve-server-key") \
+            if self.config.curve_server_key else self._curve.public
+        return client_options(server_key, self._curve)
 
     def _restore(self, folder: Path) -> None:
         path = latest_checkpoint(folder)
@@ -147,7 +187,8 @@ class Server:
         self._publisher = Publisher(self._context, bind_to, core.epoch,
                                     active=lambda: core.replica.standby is not None,
                                     meta_of=self._change_meta,
-                                    drop_every=self.config.inject_pub_drops)
+                                    drop_every=self.config.inject_pub_drops,
+                                    curve=self._curve)
         core.replica.pub_endpoint = self._publisher.endpoint
         core.store.subscribe(self._publisher.publish)
         core.replication_info = lambda: {"published_to": core.replica.pub_endpoint}
@@ -251,6 +292,8 @@ class Server:
             self._follower.close()
         if self._publisher is not None:
             self._publisher.close()
+        if self._zap is not None:
+            self._zap.close()
         if self._own_context:
             self._context.term()
         if self.address:  # it did start
@@ -277,8 +320,14 @@ class Server:
         except DecodeError as exc:
             self._send_all([self.core.error(peer, exc.request_id, exc.code, str(exc))])
             return
+        # With CURVE, ZAP named the connection's key and role; every frame carries it.
+        user = str(frames[1].get("User-Id")) if self._zap is not None else None
+        now = time.monotonic()
+        if len(self._started) >= MAX_TIMED:  # replies that never left (peers gone)
+            self._started.clear()
+        self._started[(peer, request.request_id)] = (request.op.value, now)
         try:
-            out = self.core.handle(peer, request, time.monotonic())
+            out = self.core.handle(peer, request, now, user)
         except Exception as exc:  # a bug must not kill the server: log it, answer, go on
             log.exception("internal error handling a %s request", request.op)
             out = [self.core.error(peer, request.request_id, "internal",
@@ -300,6 +349,9 @@ class Server:
                 frame = zmq.Frame(frames[index], track=True)
                 frames[index] = frame
                 pins.append((lease.holder, frame.tracker))
+        timed = self._started.pop((outgoing.peer, outgoing.reply.request_id), None)
+        if timed is not None:  # from receipt to reply, waits in rounds included
+            self.core.state.latency.observe(timed[0], time.monotonic() - timed[1])
         try:
             self._socket.send([outgoing.peer, *frames])
         except zmq.ZMQError as exc:  # peer gone or its queue full: it will retry

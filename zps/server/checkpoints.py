@@ -14,6 +14,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from zps.server.core import ServerCore
 from zps.server.replica import SnapshotHold
@@ -42,6 +43,7 @@ class Checkpoints:
         self.written = -1  # change number of the newest checkpoint written
         self.last_seconds = 0.0  # how long the last write took
         self.last_at = 0.0  # time.time() of the last write
+        self._since = time.time()  # what the age counts from before the first write
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zps-ckpt")
         self._lock = asyncio.Lock()
 
@@ -81,6 +83,14 @@ class Checkpoints:
         log.info("checkpoint %s written (change %d, %.2f s)", path, snapshot.seq,
                  self.last_seconds)
         return path
+
+    def info(self) -> dict[str, Any]:
+        """What ``stats`` says of checkpoints: the newest one's change number, age and
+        write time, and the changes applied since."""
+        return {"folder": str(self.folder), "seq": self.written,
+                "age": round(time.time() - (self.last_at or self._since), 3),
+                "seconds": round(self.last_seconds, 4),
+                "unsaved": self.core.store.seq - max(self.written, 0)}
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

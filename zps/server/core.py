@@ -18,6 +18,7 @@ from zps.codecs import CodecError
 from zps.config import ServerConfig
 from zps.errors import ProtocolError
 from zps.protocol import PROTOCOL_VERSION, Op, Replicated, Reply, Request
+from zps.server.access import Peer, check_access
 from zps.server.handlers import DURABLE_OPS, Handlers
 from zps.server.pushes import Pushes
 from zps.server.reads import Reads
@@ -64,6 +65,7 @@ class Call:
     peer: Any
     request: Request
     now: float
+    key: str = ""  # with CURVE: the fingerprint of the key it came with
 
 
 class ServerCore:
@@ -77,6 +79,7 @@ class ServerCore:
         self.reads = Reads(self.state, self.rounds)
         self.replica = Replica(self.state, self.rounds)
         self.replication_info: Callable[[], dict[str, Any]] = lambda: {}
+        self.checkpoint_info: Callable[[], dict[str, Any] | None] = lambda: None
         self.handlers = Handlers(self)
         self._out: list[Outgoing] = []
 
@@ -108,12 +111,16 @@ class ServerCore:
 
     # ------------------------------------------------------------ entry points
 
-    def handle(self, peer: Any, request: Request, now: float) -> list[Outgoing]:
-        """Handle one request; the replies to send now (its own if ready, and others)."""
+    def handle(self, peer: Any, request: Request, now: float,
+               user: str | None = None) -> list[Outgoing]:
+        """Handle one request; the replies to send now (its own if ready, and others).
+        ``user`` is the CURVE user id it came with (None without CURVE: all allowed)."""
         state = self.state
         state.counters["requests"] += 1
         call = Call(peer, request, now)
         try:
+            if user is not None:
+                call = self._authorized(call, user)
             if state.role == "standby" and request.op not in STANDBY_OPS:
                 raise ProtocolError(
                     "not_primary",
@@ -135,6 +142,19 @@ class ServerCore:
             code = next(c for cls, c in ERROR_CODES if isinstance(exc, cls))
             self._out.append(self.error(peer, request.request_id, code, str(exc)))
         return self.flush()
+
+    def _authorized(self, call: Call, user: str) -> Call:
+        """``call`` with its key, if the key's role allows it (else ``forbidden``)."""
+        peer = Peer.of(user)
+        member = self.state.members.get(call.request.client_id)
+        try:
+            check_access(peer, call.request, member.key or None if member else None)
+        except ProtocolError:
+            self.state.counters["forbidden"] += 1
+            log.warning("refused %s from client %s (key %s, role %s)", call.request.op.value,
+                        call.request.client_id, peer.key, peer.role)
+            raise
+        return Call(call.peer, call.request, call.now, peer.key)
 
     def tick(self, now: float) -> list[Outgoing]:
         """Declare silent members dead, close timed-out rounds, let stale snapshots go."""

@@ -50,8 +50,9 @@ class Follower:
     """A standby's link to ``primary``; ``run()`` returns once the primary went silent."""
 
     def __init__(self, core: ServerCore, context: zmq.Context, primary: str,
-                 client_id: str) -> None:
+                 client_id: str, curve: dict[str, int | bytes] | None = None) -> None:
         self.core = core
+        self._curve = curve or {}  # CURVE client options (this standby's key)
         self.primary = primary
         self.client_id = client_id
         self._context = context
@@ -77,13 +78,13 @@ class Follower:
 
     async def run(self) -> None:
         """Follow the primary until it goes silent (returns), or fail (raises)."""
-        self._dealer = LoopSocket(open_socket(self._context, zmq.DEALER, self.primary),
-                                  self._on_reply)
+        self._dealer = LoopSocket(open_socket(self._context, zmq.DEALER, self.primary,
+                                              **self._curve), self._on_reply)
         try:
             info = await self._hello()
             sub = open_socket(self._context, zmq.SUB,
                               public_endpoint(str(info["pub"]), self.primary),
-                              RCVHWM=256, SUBSCRIBE=b"")
+                              RCVHWM=256, SUBSCRIBE=b"", **self._curve)
             self._sub = LoopSocket(sub, self._on_stream)
             self.last_beat = time.monotonic()
             loop = asyncio.get_running_loop()

@@ -78,13 +78,19 @@ class Handlers:
             return self.core.reply(call, self.core.hello_info())
         if role == "worker":  # an observer may look at any subset of the servers
             self.check_layout(request.options.get("layout"))
-        _, new = state.members.add(cid, role, call.now)
+        wanted = request.options.get("rank")
+        if wanted is not None and not (isinstance(wanted, int) and 0 <= wanted < 1 << 31):
+            raise ProtocolError("bad_header", f"option 'rank' {wanted!r} must be an int >= 0")
+        _, new = state.members.add(cid, role, call.now, call.key)
+        info = self.core.hello_info(cid)
         if role == "worker":
             self.core.rounds.bsp.join(cid)
             state.clocks.join(cid)
+            live = {m.client_id for m in state.members.workers()}
+            info["rank"] = state.ranks.assign(cid, wanted, live)
         if new:
             log.info("%s %s joined (%d workers)", role, cid, len(state.members.workers()))
-        return self.core.reply(call, self.core.hello_info(cid))
+        return self.core.reply(call, info)
 
     def check_layout(self, layout: Any) -> None:
         """Every client must place tables over the same server list, in the same order,

@@ -20,6 +20,7 @@ class Member:
     last_seen: float
     pushes: int = 0
     pulls: int = 0
+    key: str = ""  # with CURVE: the key that registered it (no other may act for it)
 
 
 class Membership:
@@ -34,13 +35,14 @@ class Membership:
     def get(self, client_id: str) -> Member | None:
         return self._members.get(client_id)
 
-    def add(self, client_id: str, role: Role, now: float) -> tuple[Member, bool]:
+    def add(self, client_id: str, role: Role, now: float,
+            key: str = "") -> tuple[Member, bool]:
         """Register (or refresh) a client; returns the member and whether it is new."""
         member = self._members.get(client_id)
         if member is not None:
             member.last_seen = now
             return member, False
-        member = self._members[client_id] = Member(client_id, role, now, now)
+        member = self._members[client_id] = Member(client_id, role, now, now, key=key)
         return member, True
 
     def remove(self, client_id: str) -> Member | None:
@@ -61,3 +63,28 @@ class Membership:
     def __iter__(self) -> Iterator[Member]:
         """Every member (a snapshot: members may be removed while iterating)."""
         return iter(list(self._members.values()))
+
+
+RANKS_KEPT = 4096  # ranks remembered for clients that left (to give them the same again)
+
+
+class Ranks:
+    """Worker ranks assigned at hello: a rank asked for is taken as given; otherwise a
+    returning client id gets its old rank if no live worker holds it, and anyone else the
+    lowest rank no live worker holds (a replacement takes the shard of one that died)."""
+
+    def __init__(self) -> None:
+        self._of: dict[str, int] = {}
+
+    def get(self, client_id: str) -> int | None:
+        return self._of.get(client_id)
+
+    def assign(self, client_id: str, wanted: int | None, live: set[str]) -> int:
+        held = {rank for cid, rank in self._of.items() if cid in live and cid != client_id}
+        rank = wanted if wanted is not None else self._of.get(client_id)
+        if rank is None or (wanted is None and rank in held):
+            rank = next(r for r in range(len(held) + 1) if r not in held)
+        if len(self._of) >= RANKS_KEPT and client_id not in self._of:
+            self._of = {cid: r for cid, r in self._of.items() if cid in live}
+        self._of[client_id] = rank
+        return rank

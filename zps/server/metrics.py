@@ -3,7 +3,8 @@
 An HTTP thread of prometheus-client answers scrapes. Each scrape reads the server's
 ``stats`` once, on the server's event loop (so it never races the loop, and costs the hot
 path nothing), and turns it into metric families: the counters, per-table traffic and
-compression, members by state, the SSP clock spread, stragglers, replication lag.
+compression, members by state, the SSP clock spread, stragglers, replication lag,
+request and round latency histograms, checkpoint age.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 SCRAPE_TIMEOUT = 5.0  # seconds a scrape waits for the event loop
 
@@ -87,6 +94,38 @@ def families(info: dict[str, Any]) -> Iterator[Metric]:
         if isinstance(replica.get(key), int | float):
             yield GaugeMetricFamily(f"zps_replication_{key}", f"replication {key} (changes)",
                                     value=replica[key])
+    yield from _latency(info.get("latency") or {})
+    yield from _checkpoint(info.get("checkpoint"))
+
+
+def _latency(latency: dict[str, Any]) -> Iterator[Metric]:
+    bounds = [*(str(b) for b in latency.get("buckets", [])), "+Inf"]
+    requests = HistogramMetricFamily("zps_request_seconds", "from a request's arrival to "
+                                     "its reply (waits in rounds included), by op",
+                                     labels=["op"])
+    rounds = HistogramMetricFamily("zps_round_seconds",
+                                   "sync rounds: from the first push to the close")
+    for name, histogram in latency.items():
+        if name == "buckets" or len(histogram.get("counts", [])) != len(bounds):
+            continue
+        cumulative = list(zip(bounds, accumulate(histogram["counts"]), strict=True))
+        if name == "round":
+            rounds.add_metric([], cumulative, histogram["sum"])
+        else:
+            requests.add_metric([name], cumulative, histogram["sum"])
+    yield requests
+    yield rounds
+
+
+def _checkpoint(checkpoint: dict[str, Any] | None) -> Iterator[Metric]:
+    if not checkpoint:
+        return
+    for key, name, text in (
+            ("age", "zps_checkpoint_age_seconds", "since the newest checkpoint was written "
+                                                  "(or the server started)"),
+            ("seconds", "zps_checkpoint_seconds", "how long the newest checkpoint took"),
+            ("unsaved", "zps_checkpoint_unsaved_changes", "changes since the newest one")):
+        yield GaugeMetricFamily(name, text, value=checkpoint[key])
 
 
 def _tables(tables: list[dict[str, Any]]) -> Iterator[Metric]:

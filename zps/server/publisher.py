@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from zps.codecs import Compressed
+from zps.curve import KeyPair, make_curve_server
 from zps.protocol import (
     Beat,
     EncodedMeta,
@@ -28,6 +29,7 @@ from zps.store import Change
 from zps.store.store import RowPayload
 from zps.transport import bind
 
+STREAM_DOMAIN = "zps-changes"  # the ZAP domain of the change stream (standby keys only)
 STREAM_HWM = 256  # changes (each at most chunk_bytes, 4 MiB by default) queued for a standby
 
 
@@ -37,11 +39,14 @@ class Publisher:
 
     def __init__(self, context: zmq.Context, address: str, epoch: int,
                  active: Callable[[], bool], meta_of: Callable[[Change], dict[str, Any]],
-                 drop_every: int = 0, hwm: int = STREAM_HWM) -> None:
+                 drop_every: int = 0, hwm: int = STREAM_HWM,
+                 curve: KeyPair | None = None) -> None:
         self._socket = context.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         try:
+            if curve is not None:  # only standby keys may subscribe (see zps.server.zap)
+                make_curve_server(self._socket, curve, STREAM_DOMAIN)
             self.endpoint = bind(self._socket, address, "the change stream (--pub-bind)")
         except BaseException:
             self._socket.close(linger=0)

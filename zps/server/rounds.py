@@ -156,7 +156,8 @@ class SyncRounds:
     def _apply(self, closed: list[ClosedRound[Contribution]], now: float) -> None:
         state = self.state
         for done in closed:
-            self._opened.pop(done.key, None)
+            # From the round's first push to its close: how long the barrier waited.
+            state.latency.observe("round", now - self._opened.pop(done.key, now))
             requests = tuple((c.client, c.request_id, c.watermark) for c in done.payloads)
             if state.store.table(done.key).kind == "rows":
                 self._apply_rows(done.key, self._combine_rows(done), requests)

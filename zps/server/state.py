@@ -16,12 +16,13 @@ from typing import Any
 from zps.config import ServerConfig, parse_mode
 from zps.consistency import SspClocks
 from zps.consistency.rates import Rates
-from zps.server.members import Membership
+from zps.server.latency import Latencies
+from zps.server.members import Membership, Ranks
 from zps.server.waiters import Waiters
 from zps.store import RequestLedger, Store
 
-COUNTERS = ("requests", "errors", "pushes", "duplicates", "dropped", "pulls", "rounds",
-            "timeouts", "heartbeats", "dead", "bytes_in", "bytes_out")
+COUNTERS = ("requests", "errors", "forbidden", "refused_keys", "pushes", "duplicates",
+            "dropped", "pulls", "rounds", "timeouts", "heartbeats", "dead", "bytes_in", "bytes_out")
 DEPARTED_KEPT = 100  # members that left or died, listed in stats
 
 
@@ -45,6 +46,8 @@ class ServerState:
     store: Store = field(default_factory=Store)
     ledger: RequestLedger = field(default_factory=RequestLedger)
     members: Membership = field(default_factory=Membership)
+    ranks: Ranks = field(default_factory=Ranks)
+    latency: Latencies = field(default_factory=Latencies)  # by op, and "round"
     waiters: Waiters = field(default_factory=Waiters)
     clocks: SspClocks = field(default_factory=lambda: SspClocks(0))
     rates: Rates = field(default_factory=lambda: Rates("constant"))

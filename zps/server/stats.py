@@ -26,6 +26,8 @@ def stats_info(core: ServerCore, now: float) -> dict[str, Any]:
                     "lag": state.store.seq - replica.acked if replica.standby else None,
                     **core.replication_info()},
         "counters": dict(state.counters),
+        "latency": state.latency.info(),
+        "checkpoint": core.checkpoint_info(),
         "tables": [
             {
                 "name": t.name,
@@ -42,6 +44,7 @@ def stats_info(core: ServerCore, now: float) -> dict[str, Any]:
             {
                 "id": m.client_id,
                 "role": m.role,
+                "rank": state.ranks.get(m.client_id),
                 "state": "live",
                 "age": round(now - m.joined_at, 3),
                 "silent": round(now - m.last_seen, 3),
