@@ -44,15 +44,62 @@ def test_compose_validator_rejects_a_broken_file(tmp_path: Path) -> None:
     assert compose("config", "-q", file=broken).returncode != 0
 
 
+def dockerfile_stages() -> dict[str, list[str]]:
+    """The Dockerfile's lines by stage name (``FROM ... AS name``), continuations joined."""
+    text = (ROOT / "docker" / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in text.splitlines():
+        match = re.match(r"FROM \S+ AS (\w+)", line)
+        if match:
+            lines = stages.setdefault(match.group(1), [])
+        elif line.strip() and not line.startswith("#"):
+            lines.append(line.strip())
+    return stages
+
+
 def test_dockerfile_copies_what_exists_and_runs_our_entry_points() -> None:
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    for line in dockerfile.splitlines():
-        if line.startswith("COPY "):
+    stages = dockerfile_stages()
+    for line in (line for lines in stages.values() for line in lines):
+        if line.startswith("COPY ") and "--from=" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert re.search(r'CMD \["zps-server"\]', dockerfile)
     assert set(MODULES) <= set(scripts)
+    assert 'CMD ["zps-server"]' in stages["server"]
+    assert 'CMD ["zps-worker"]' in stages["worker"]
+    assert list(stages)[-1] == "worker"  # a plain `docker build` gets everything
+
+
+def test_the_server_image_installs_the_base_package_only() -> None:
+    stages = dockerfile_stages()
+    installs = {name: [line for line in lines if "pip install" in line]
+                for name, lines in stages.items()}
+    assert len(installs["server"]) == 1 and "[" not in installs["server"][0]
+    assert len(installs["worker"]) == 1 and "[jobs]" in installs["worker"][0]
+    for name in ("server", "worker"):
+        assert any(line.startswith("USER ") and "root" not in line for line in stages[name])
+    services = json.loads(compose("config", "--format", "json").stdout)["services"]
+    for name, service in services.items():
+        target = service["build"]["target"]
+        assert target in stages
+        assert target == ("server" if service["command"][0] == "zps-server" else "worker"), name
+
+
+def test_compose_publishes_nothing_but_metrics_on_loopback() -> None:
+    result = compose("--profile", "monitoring", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+            if (service.get("command") or [""])[0] == "zps-server":
+                assert port["target"] == 9100, f"{name} publishes the zps port"
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).exists(), volume["source"]
+    assert {"prometheus", "grafana"} <= set(services)
+    assert {s["profiles"][0] for n, s in services.items() if "profiles" in s} == {"monitoring"}
 
 
 def test_compose_topology_trains_as_local_processes(tmp_path: Path) -> None:
@@ -60,24 +107,39 @@ def test_compose_topology_trains_as_local_processes(tmp_path: Path) -> None:
     server_env = services["server"]["environment"]
     worker_names = sorted(n for n in services if services[n]["command"] == ["zps-worker"])
     assert len(worker_names) == int(server_env["ZPS_WORKERS"])
-    with LocalCluster(tmp_path) as cluster:
-        # The server's settings exactly as compose passes them, bound to loopback instead.
-        env = {**python_env(), **server_env}
-        del env["ZPS_BIND"]
-        ready = tmp_path / "server.addr"
-        server = subprocess.Popen(
-            [sys.executable, "-m", MODULES["zps-server"], "--bind", "tcp://127.0.0.1:0",
-             "--ready-file", str(ready)], env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
-        )
-        cluster.servers.append(server)
-        from .conftest import wait_for
+    assert services["standby"]["command"] == ["zps-server", "--standby-of", "tcp://server:5570"]
+    from .conftest import wait_for
 
-        wait_for(ready.exists, what="the compose server to listen")
-        address = ready.read_text()
+    addresses: dict[str, str] = {}
+
+    def local(text: str) -> str:  # compose's service names -> the local processes
+        for name, address in addresses.items():
+            text = text.replace(f"tcp://{name}:5570", address)
+        return text
+
+    with LocalCluster(tmp_path) as cluster:
+        for name in ("server", "standby"):
+            # The settings exactly as compose passes them, bound to loopback instead, with
+            # a checkpoint folder of their own for the named volume.
+            env = {**python_env(), **services[name]["environment"]}
+            for key in ("ZPS_BIND", "ZPS_PUB_BIND"):
+                del env[key]
+            env["ZPS_METRICS_BIND"] = "127.0.0.1:0"
+            env["ZPS_CHECKPOINT_DIR"] = str(tmp_path / f"{name}-checkpoints")
+            ready = tmp_path / f"{name}.addr"
+            server = subprocess.Popen(
+                [sys.executable, "-m", MODULES["zps-server"],
+                 *map(local, services[name]["command"][1:]),
+                 "--bind", "tcp://127.0.0.1:0", "--ready-file", str(ready)],
+                env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
+            )
+            cluster.servers.append(server)
+            wait_for(ready.exists, what=f"the compose {name} to listen")
+            addresses[name] = ready.read_text()
         workers = []
         for name in worker_names:
             wenv = {**python_env(), **services[name]["environment"]}
-            wenv["ZPS_SERVERS"] = wenv["ZPS_SERVERS"].replace("tcp://server:5570", address)
+            wenv = {key: local(value) for key, value in wenv.items()}
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", MODULES["zps-worker"],
                  "--metrics-out", str(tmp_path / f"{name}.json")],
@@ -88,3 +150,4 @@ def test_compose_topology_trains_as_local_processes(tmp_path: Path) -> None:
     accuracies = [json.loads((tmp_path / f"{n}.json").read_text())["test_accuracy"]
                   for n in worker_names]
     assert min(accuracies) >= 0.95
+    assert list((tmp_path / "server-checkpoints").glob("ckpt-*.zps"))  # one at shutdown
