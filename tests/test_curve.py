@@ -73,6 +73,7 @@ def test_a_worker_key_trains_and_an_observer_key_only_reads(start_server, keys: 
         assert observer.stats()[0]["tables"]
         with pytest.raises(zps.ForbiddenError, match="an observer key may not send push"):
             observer.push({"w": np.ones(8, np.float32)})
+        assert observer.metrics()["errors"]["push"] == 1
     with pytest.raises(zps.ForbiddenError, match="may not register as a worker"):
         client(server, keys, "observer")  # an observer key cannot count in rounds
     assert table_bytes(server) == before

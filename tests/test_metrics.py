@@ -3,6 +3,8 @@ own parser, counters moving as pushes happen."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
@@ -11,9 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import zps
-from zps.server.metrics import parse_bind
+from zps.exposition import parse_bind
 
-from .conftest import run_cli
+from .conftest import ROOT, python_env, run_cli, wait_for
 
 
 def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -84,3 +86,37 @@ def test_latency_histograms_and_checkpoint_age(start_server: Any, tmp_path: Any)
     assert after[("zps_checkpoint_unsaved_changes", ())] == 0
     assert after[("zps_checkpoint_age_seconds", ())] < found[("zps_checkpoint_age_seconds", ())]
     assert after[("zps_checkpoint_seconds", ())] > 0
+
+
+def test_client_metrics_count_calls_and_time_them(start_server: Any) -> None:
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(16, np.float32)})
+        for _ in range(5):
+            ps.push_pull({"w": np.ones(16, np.float32)})
+        info = ps.metrics()
+    assert info["calls"]["push_pull"] == 5 and info["calls"]["hello"] == 1
+    assert info["errors"]["push_pull"] == 0  # (errors: see test_curve's observer)
+    assert sum(info["latency"]["push_pull"]["counts"]) == 5
+    assert info["retries"] == 0 and info["failovers"] == 0
+
+
+def test_a_worker_serves_its_own_metrics(start_server: Any) -> None:
+    server = start_server(mode="async")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "zps.cli.worker_main", "--servers", server.address,
+         "--metrics-bind", "127.0.0.1:0", "--log-level", "info", "--slow", "0.02",
+         "--epochs", "5", "--quiet"], stderr=subprocess.PIPE, text=True, env=python_env(),
+        cwd=ROOT)
+    try:
+        assert worker.stderr is not None
+        address = next(line.split("http://")[1].split("/")[0] for line in worker.stderr
+                       if "metrics on http://" in line)
+        found = wait_for(lambda: (s := scrape(address)).get(
+            ("zps_client_calls_total", (("op", "push_pull"),)), 0) >= 3 and s,
+            what="the worker's push_pulls to show")
+        assert found[("zps_client_rank", ())] == 0
+        assert found[("zps_client_call_seconds_count", (("op", "push_pull"),))] >= 3
+    finally:
+        worker.kill()
+        worker.communicate()

@@ -35,3 +35,5 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    if log_format == "json":  # progress lines become log entries too, not bare text
+        logging.getLogger("zps.progress").setLevel(logging.INFO)

@@ -25,10 +25,10 @@ from zps.config import ServerConfig, parse_mode
 from zps.consistency.aggregate import parse_rule
 from zps.consistency.rates import RATE_RULES
 from zps.errors import ConfigError, ZpsError
+from zps.exposition import parse_bind
 from zps.protocol import Limits
 from zps.runtime import run
 from zps.server import Server
-from zps.server.metrics import parse_bind
 from zps.store import parse_optimizer
 from zps.transport import check_endpoint
 

@@ -1,7 +1,8 @@
 """``zps top``: a live view of a running cluster, refreshed in place (rich).
 
 Per server: role, mode, epoch, rounds and rounds/s, bytes in and out per second, requests
-and errors, replication lag; per member: state, clock, straggles, silence. Rates are the
+and errors, the 99th percentile of push latency (a histogram bucket's bound), replication
+lag; per member: rank, state, clock, straggles, silence. Rates are the
 change of the servers' counters between two refreshes.
 """
 
@@ -14,6 +15,8 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+
+from zps.latency import percentile
 
 Stats = list[dict[str, Any]]
 
@@ -38,11 +41,12 @@ def view(now: Stats, before: Stats | None, interval: float) -> Group:
     """The tables of one refresh."""
     servers = Table(title="zps servers", expand=False)
     for column in ("address", "role", "mode", "epoch", "rounds", "rounds/s", "in MB/s",
-                   "out MB/s", "requests", "errors", "repl lag"):
+                   "out MB/s", "requests", "errors", "p99 ms", "repl lag"):
         servers.add_column(column, justify="left" if column in ("address", "role", "mode")
                            else "right")
     members = Table(title="members")
-    for column in ("server", "member", "role", "state", "clock", "straggles", "silent s"):
+    for column in ("server", "member", "rank", "role", "state", "clock", "straggles",
+                   "silent s"):
         members.add_column(column)
     for index, info in enumerate(now):
         old = before[index] if before and index < len(before) else None
@@ -54,13 +58,24 @@ def view(now: Stats, before: Stats | None, interval: float) -> Group:
                         _rate(info, old, ("counters", "bytes_in"), interval, 1e6),
                         _rate(info, old, ("counters", "bytes_out"), interval, 1e6),
                         str(counters.get("requests")), str(counters.get("errors")),
-                        "-" if lag is None else str(lag))
+                        _p99(info), "-" if lag is None else str(lag))
         for member in info.get("members", []):
+            rank = member.get("rank")
             members.add_row(str(info.get("address")), str(member.get("id")),
-                            str(member.get("role")), str(member.get("state")),
+                            "-" if rank is None else str(rank), str(member.get("role")),
+                            str(member.get("state")),
                             str(member.get("clock")), str(member.get("straggles")),
                             f"{float(member.get('silent', 0.0)):.1f}")
     return Group(servers, members)
+
+
+def _p99(info: dict[str, Any]) -> str:
+    """The 99th percentile (a bucket bound) of push and push_pull latency so far."""
+    latency = info.get("latency") or {}
+    counts = [sum(c) for c in zip(*(latency.get(op, {}).get("counts", [])
+                                    for op in ("push", "push_pull", "push_rows")), strict=False)]
+    bound = percentile({"counts": counts}, latency.get("buckets", []), 0.99)
+    return "-" if bound is None else f"<={bound * 1000:g}"
 
 
 def _rate(now: dict[str, Any], old: dict[str, Any] | None, path: tuple[str, ...],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import FrameType
 from typing import Any
@@ -27,7 +29,9 @@ from zps.client import Client
 from zps.codecs import make_codec
 from zps.config import ClientConfig
 from zps.errors import ConfigError, ZpsError
+from zps.exposition import MetricsEndpoint, client_families, parse_bind
 from zps.jobs import JobContext, resolve_job
+from zps.jobs.progress import say
 from zps.store import parse_optimizer
 
 
@@ -85,6 +89,9 @@ OPTIONS = (
     Option("print-config", bool, False,
            "print every setting with where it came from (flag, ZPS_* variable, config file, "
            "launcher, default) and exit", flag_only=True),
+    Option("metrics-bind", checked(parse_bind), "",
+           "serve this worker's Prometheus /metrics on HOST:PORT (calls, latency, retries, "
+           "failovers)"),
     Option("metrics-out", str, "", "write the job's result (losses, accuracy) to this JSON file"),
     Option("log-level", str, "warning", "logging level",
            choices=("debug", "info", "warning", "error")),
@@ -200,6 +207,25 @@ def _check_writable(path: str) -> None:
         raise UsageError(f"cannot write --metrics-out {path}: {exc.strerror}") from None
 
 
+@contextlib.contextmanager
+def _metrics(values: Mapping[str, Any], ps: Client) -> Iterator[None]:
+    """``--metrics-bind``: serve the client's metrics while the job runs."""
+    if not values["metrics_bind"]:
+        yield
+        return
+    try:
+        endpoint = MetricsEndpoint(values["metrics_bind"],
+                                   lambda: client_families(ps.metrics(), ps.rank))
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {values['metrics_bind']} (--metrics-bind): "
+                         f"{exc.strerror or exc}") from None
+    logging.getLogger("zps.worker").info("metrics on http://%s/metrics", endpoint.address)
+    try:
+        yield
+    finally:
+        endpoint.close()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -216,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_writable(values["metrics_out"])  # fail now, not after the training run
         try:
             job = resolve_job(values["job"])
-            with Client(values["servers"], config) as ps:
+            with Client(values["servers"], config) as ps, _metrics(values, ps):
                 ctx = joined(ps, ctx, values)
                 result = job(ps, ctx) or {}
         except ConfigError as exc:
@@ -228,9 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(values["metrics_out"], "w") as handle:
                 json.dump(result, handle)
         if "test_accuracy" in result:
-            print(f"worker {ctx.worker_index}: test accuracy {result['test_accuracy']:.4f} "
-                  f"after {result.get('steps', '?')} steps "
-                  f"({result.get('seconds', 0):.1f} s)", file=sys.stderr)
+            say(f"worker {ctx.worker_index}: test accuracy {result['test_accuracy']:.4f} "
+                f"after {result.get('steps', '?')} steps ({result.get('seconds', 0):.1f} s)")
         return 0
 
     run_cli("zps-worker", _main)

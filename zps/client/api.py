@@ -56,6 +56,11 @@ class ClientBase:
         """What the first server said in answer to hello (mode, limits, optimizer...)."""
         return dict(self._engine.hello[0])
 
+    def metrics(self) -> dict[str, Any]:
+        """This client's own counts: calls and errors by op, call latency histograms
+        (seconds, from start to result), retries and failovers. Safe from any thread."""
+        return self._engine.metrics.info()
+
     @property
     def rank(self) -> int | None:
         """This worker's rank: ``rank=`` as given, else the one the first server assigned

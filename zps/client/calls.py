@@ -37,6 +37,7 @@ class Call:
     finish: Callable[[Call], Any] | None = None  # -> the call's value
     callback: Callable[[Call], None] | None = None
     value: Any = None
+    started: float = 0.0  # when it was started (0: untimed)
 
     def result(self) -> Any:
         """What the call returns; raises the call's error if it failed."""

@@ -36,6 +36,7 @@ from zps.client.calls import (
 from zps.client.connect import Connecting, hello_frames
 from zps.client.deltas import HeldCopies, StaleBase
 from zps.client.failover import Failover
+from zps.client.metrics import ClientMetrics
 from zps.client.plans import Planner, place, server_list
 from zps.client.rowcalls import RowCalls
 from zps.config import ClientConfig
@@ -84,6 +85,7 @@ class Engine:
         pull = self.planner.pull_codec
         self.held = HeldCopies(pull, self.config) if pull is not None else None
         self.closed = False
+        self.metrics = ClientMetrics()
         self._next_id = 1
         self._heartbeat_id = HEARTBEAT_IDS
         self._inflight: dict[int, Pending] = {}  # by request id: ids increase, so the
@@ -124,7 +126,7 @@ class Engine:
         """Begin ``call``; its requests go out as ``max_inflight`` allows."""
         if self.closed:
             raise ClosedError("this zps client is closed")
-        self._now = now
+        self._now = call.started = now
         if call.delta and self._delta_call is not None:
             self._delta_waiting.append(call)  # a delta applies to the copy the last one left
             return call
@@ -151,7 +153,7 @@ class Engine:
 
     def connect(self, now: float) -> Call:
         """Say hello to every server (each shard's standby too, to find its primary)."""
-        call = Call(Op.HELLO, [])
+        call = Call(Op.HELLO, [], started=now)
         self._connecting = Connecting(self, call, now + self.config.connect_timeout)
         for shard in range(len(self.servers)):
             for slot in (0, 1) if self.has_standby(shard) else (0,):
@@ -308,6 +310,7 @@ class Engine:
                     call.attempts or 1 + self.config.retries,
                     call.timeout or self.config.timeout)))
             else:
+                self.metrics.retries += 1
                 self._transmit(pending, now)
         self.failover.expire(now)
         self._pump(now)
@@ -315,12 +318,11 @@ class Engine:
     # ------------------------------------------------------------ requests
 
     def _begin(self, call: Call, now: float) -> None:
+        whole = False
         if call.delta:
             assert self.held is not None
             self._delta_call = call
             whole = self.held.next_pull()
-        else:
-            whole = False
         call.replies = [None] * len(call.messages)
         call.left = len(call.messages)
         if not call.messages:
@@ -401,6 +403,7 @@ class Engine:
             except ZpsError as exc:
                 error = exc
         call.error, call.done = error, True
+        self.metrics.done(call.op, call.started, self._now, error is not None)
         if error is not None:  # (on success every request of it is already done)
             for rid in [r for r, p in self._inflight.items() if p.call is call]:
                 del self._inflight[rid]

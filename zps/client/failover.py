@@ -128,6 +128,7 @@ class Failover:
         log.warning("zps server %s took over from %s (epoch %d); switching",
                     engine.endpoints[endpoint], engine.address(shard), epoch)
         engine.active[shard] = 1 - engine.active[shard]
+        engine.metrics.failovers += 1
         engine.adopt_hello(shard, info)
         engine.epochs[shard] = epoch
         if engine.held is not None:

@@ -3,6 +3,7 @@ every tenth of the run elsewhere (container logs do not want carriage returns)."
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from types import TracebackType
@@ -11,6 +12,8 @@ from typing import Any
 from tqdm import tqdm
 
 LINES = 10  # log lines per run when stderr is not a terminal
+# With ``--log-format json`` the daemons enable this logger, so every line is JSON.
+log = logging.getLogger("zps.progress")
 
 
 class LogLines:
@@ -41,9 +44,18 @@ class LogLines:
 
     def _line(self) -> None:
         seconds = time.perf_counter() - self._start
-        print(f"{self._name}: {self._done}/{self._total} {self._unit}s "
-              f"({100 * self._done // max(1, self._total)}%, {seconds:.1f} s)"
-              f"{'; ' + self._postfix if self._postfix else ''}", file=sys.stderr, flush=True)
+        say(f"{self._name}: {self._done}/{self._total} {self._unit}s "
+            f"({100 * self._done // max(1, self._total)}%, {seconds:.1f} s)"
+            f"{'; ' + self._postfix if self._postfix else ''}")
+
+
+def say(line: str) -> None:
+    """A progress line: to the log when it takes info lines (``--log-format json``),
+    else to stderr as it is."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def progress_bar(ctx: Any, total: int, unit: str = "step") -> tqdm | LogLines:

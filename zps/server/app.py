@@ -27,11 +27,12 @@ from zps.curve import (
     make_curve_server,
 )
 from zps.errors import ConfigError, ProtocolError
+from zps.exposition import MetricsEndpoint
 from zps.protocol import DecodeError, decode_request, encode_reply
 from zps.server.checkpoints import Checkpoints, check_writable
 from zps.server.core import ServerCore
 from zps.server.follower import Follower
-from zps.server.metrics import MetricsEndpoint
+from zps.server.metrics import server_endpoint
 from zps.server.publisher import Publisher
 from zps.server.replies import Outgoing
 from zps.server.zap import CLIENTS_DOMAIN, ZapHandler
@@ -113,7 +114,7 @@ class Server:
         self._socket = LoopSocket(sock, self._on_message)
         if cfg.metrics_bind:
             try:
-                self.metrics = MetricsEndpoint(cfg.metrics_bind, asyncio.get_running_loop(),
+                self.metrics = server_endpoint(cfg.metrics_bind, asyncio.get_running_loop(),
                                                lambda: self.stats_now())
             except OSError as exc:
                 raise ConfigError(f"cannot serve metrics on {cfg.metrics_bind} "

@@ -1,6 +1,6 @@
 """Prometheus ``/metrics`` for a running server (``zps-server --metrics-bind HOST:PORT``).
 
-An HTTP thread of prometheus-client answers scrapes. Each scrape reads the server's
+An HTTP thread (``zps.exposition``) answers scrapes. Each scrape reads the server's
 ``stats`` once, on the server's event loop (so it never races the loop, and costs the hot
 path nothing), and turns it into metric families: the counters, per-table traffic and
 compression, members by state, the SSP clock spread, stragglers, replication lag,
@@ -12,64 +12,29 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterator
-from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from zps.exposition import MetricsEndpoint, histograms
 
 SCRAPE_TIMEOUT = 5.0  # seconds a scrape waits for the event loop
 
 
-def parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (port 0 picks a free one); ``ValueError`` saying the form."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} must look like HOST:PORT, e.g. 127.0.0.1:9100")
-    return host, int(port)
-
-
-class MetricsEndpoint:
-    """``/metrics`` served from its own thread until ``close()``."""
-
-    def __init__(self, bind: str, loop: asyncio.AbstractEventLoop,
-                 stats: Callable[[], dict[str, Any]]) -> None:
-        host, port = parse_bind(bind)
-        self._loop, self._stats = loop, stats
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self._read))  # type: ignore[arg-type]
-        self._http, self._thread = start_http_server(port, host, registry)
-        self.address = f"{host}:{self._http.server_port}"
-
-    def _read(self) -> dict[str, Any]:
-        """The server's stats, taken on its loop (from the HTTP thread)."""
+def server_endpoint(bind: str, loop: asyncio.AbstractEventLoop,
+                    stats: Callable[[], dict[str, Any]]) -> MetricsEndpoint:
+    """``/metrics`` of a server: each scrape reads ``stats()`` once, on ``loop``."""
+    def read() -> dict[str, Any]:
         done: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
 
         def take() -> None:
             try:
-                done.set_result(self._stats())
+                done.set_result(stats())
             except BaseException as exc:  # handed to the scrape, which answers 500
                 done.set_exception(exc)
-        self._loop.call_soon_threadsafe(take)
+        loop.call_soon_threadsafe(take)
         return done.result(timeout=SCRAPE_TIMEOUT)
-
-    def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        self._thread.join(SCRAPE_TIMEOUT)
-
-
-class _Collector:
-    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
-        self._read = read
-
-    def collect(self) -> Iterator[Metric]:
-        yield from families(self._read())
+    return MetricsEndpoint(bind, lambda: families(read()))
 
 
 def families(info: dict[str, Any]) -> Iterator[Metric]:
@@ -99,22 +64,11 @@ def families(info: dict[str, Any]) -> Iterator[Metric]:
 
 
 def _latency(latency: dict[str, Any]) -> Iterator[Metric]:
-    bounds = [*(str(b) for b in latency.get("buckets", [])), "+Inf"]
-    requests = HistogramMetricFamily("zps_request_seconds", "from a request's arrival to "
-                                     "its reply (waits in rounds included), by op",
-                                     labels=["op"])
-    rounds = HistogramMetricFamily("zps_round_seconds",
-                                   "sync rounds: from the first push to the close")
-    for name, histogram in latency.items():
-        if name == "buckets" or len(histogram.get("counts", [])) != len(bounds):
-            continue
-        cumulative = list(zip(bounds, accumulate(histogram["counts"]), strict=True))
-        if name == "round":
-            rounds.add_metric([], cumulative, histogram["sum"])
-        else:
-            requests.add_metric([name], cumulative, histogram["sum"])
-    yield requests
-    yield rounds
+    yield histograms("zps_request_seconds", "from a request's arrival to its reply (waits in "
+                     "rounds included), by op", latency, only=lambda name: name != "round")
+    yield histograms("zps_round_seconds", "sync rounds: from the first push to the close",
+                     {**latency, "": latency.get("round", {})}, label="",
+                     only=lambda name: name == "")
 
 
 def _checkpoint(checkpoint: dict[str, Any] | None) -> Iterator[Metric]:

@@ -16,7 +16,7 @@ from typing import Any
 from zps.config import ServerConfig, parse_mode
 from zps.consistency import SspClocks
 from zps.consistency.rates import Rates
-from zps.server.latency import Latencies
+from zps.latency import Latencies
 from zps.server.members import Membership, Ranks
 from zps.server.waiters import Waiters
 from zps.store import RequestLedger, Store

@@ -1,4 +1,5 @@
-"""Latency histograms (sans-IO): how long requests took, by op, and how long rounds waited.
+"""Latency histograms (sans-IO): how long requests took, by op, and how long rounds waited
+(on servers), or how long calls took (on clients).
 
 Cheap enough for every request (a bisect and an increment); ``stats`` reports the counts,
 ``/metrics`` turns them into Prometheus histograms and ``zps top`` into percentiles.
@@ -7,6 +8,7 @@ Cheap enough for every request (a bisect and an increment); ``stats`` reports th
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 from typing import Any
 
 # Upper bounds in seconds (Prometheus' ``le``), 100 us to 10 s; anything slower is +Inf.
@@ -32,10 +34,10 @@ class Histogram:
 
 
 class Latencies:
-    """One histogram per name (an op, or ``round``)."""
+    """One histogram per name (an op, or ``round``); ``names`` made up front."""
 
-    def __init__(self) -> None:
-        self.by_name: dict[str, Histogram] = {}
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self.by_name: dict[str, Histogram] = {name: Histogram() for name in names}
 
     def observe(self, name: str, seconds: float) -> None:
         histogram = self.by_name.get(name)
@@ -45,8 +47,8 @@ class Latencies:
 
     def info(self) -> dict[str, Any]:
         """``{"buckets": [...], NAME: {"counts": [...], "sum": s}, ...}``."""
-        return {"buckets": list(BUCKETS),
-                **{name: h.info() for name, h in sorted(self.by_name.items())}}
+        used = sorted((n, h) for n, h in self.by_name.items() if any(h.counts))
+        return {"buckets": list(BUCKETS), **{name: h.info() for name, h in used}}
 
 
 def percentile(info: dict[str, Any], buckets: list[float], q: float) -> float | None:
