@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from zps.devices import cuda_available
+
 from .conftest import ROOT, python_env, wait_for
 
 README = (ROOT / "README.md").read_text()
@@ -60,7 +62,8 @@ def env() -> dict[str, str]:
 @contextmanager
 def servers(directive: str) -> Iterator[None]:
     """Start the servers a ``readme-test`` comment names (primaries, then standbys)."""
-    fields = dict(part.strip().split(" ", 1) for part in directive.split(";") if part.strip())
+    fields = dict(part.strip().split(" ", 1) for part in directive.split(";") if part.strip()
+                  and not part.strip().startswith("needs "))
     primaries = fields.get("servers", "").split()
     standbys = fields.get("standbys", "").split()
     procs = []
@@ -110,6 +113,9 @@ def test_the_readme_holds_no_unmeasured_placeholder() -> None:
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_examples_run_as_written(index: int, tmp_path: Path) -> None:
     directive, body = blocks("python")[index]
+    if "needs gpu" in directive and not cuda_available():
+        pytest.skip("a GPU example: no CUDA device here (tests/test_array_api.py runs the "
+                    "same path under array_api_strict)")
     script = tmp_path / "example.py"
     script.write_text(body)
     with servers(directive):

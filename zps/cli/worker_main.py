@@ -28,6 +28,7 @@ from zps.cli.options import (
 from zps.client import Client
 from zps.codecs import make_codec
 from zps.config import ClientConfig
+from zps.devices import DEVICES
 from zps.errors import ConfigError, ZpsError
 from zps.exposition import MetricsEndpoint, client_families, parse_bind
 from zps.jobs import JobContext, resolve_job
@@ -60,6 +61,8 @@ OPTIONS = (
     Option("lr", positive_float, None,
            "learning rate of the built-in jobs (default: 0.5; ctr: FTRL's 0.1; "
            "torch-digits: Adadelta's 1.0; torch-ctr: 0.05)"),
+    Option("device", str, "auto", "where the built-in digits models run: auto (CUDA when "
+           "CuPy sees a GPU, else NumPy), cpu, or cuda", choices=DEVICES),
     Option("seed", int, 0, "seed for data split and initial parameters (same on all workers)"),
     Option("slow", non_negative_float, 0.0,
            "extra seconds per step, to play a straggler in demos and benchmarks"),
@@ -153,6 +156,7 @@ def load_config(
            for key, value in job_defaults(v["job"]).items()},
         seed=v["seed"],
         progress=not v["quiet"],
+        device=v["device"],
     )
     return client, ctx, v
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Iterable, Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from zps.client.calls import Call
 from zps.client.engine import Engine
+from zps.client.ondevice import deltas_namespace, on_device, resolve, split_out
 from zps.client.placement import Layout, described
 from zps.client.plans import Message, outputs, push_options
 from zps.config import ClientConfig
+from zps.devices import host_copy
 from zps.errors import ConfigError, ShapeMismatchError
 from zps.protocol import Op
 
@@ -123,27 +126,32 @@ class ClientBase:
                         "from their current values, not from the values given to init",
                         listed)
 
-    def _pull_call(self, names: Iterable[str] | None,
-                   out: Mapping[str, np.ndarray] | None = None) -> Call:
+    def _pull_call(self, names: Iterable[str] | None, out: Mapping[str, Any] | None = None,
+                   device: str | ModuleType | None = None) -> Call:
         planner = self._engine.planner
         wanted = planner.wanted(names if names is not None or out is None else list(out))
         layout = planner.need_layout()
-        return Call(Op.PULL, planner.messages(Op.PULL, layout, wanted),
-                    planner.outputs(wanted, out), delta=self._engine.held is not None)
+        host_out, device_out = split_out(out)
+        call = Call(Op.PULL, planner.messages(Op.PULL, layout, wanted),
+                    planner.outputs(wanted, host_out), delta=self._engine.held is not None)
+        return on_device(call, resolve(device), device_out)
 
     def _push_call(self, op: Op, deltas: Mapping[str, Any], loss: float | None,
-                   weight: float | None, out: Mapping[str, np.ndarray] | None = None) -> Call:
+                   weight: float | None, out: Mapping[str, Any] | None = None) -> Call:
         planner = self._engine.planner
+        xp = deltas_namespace(deltas)
         arrays = planner.deltas(deltas)
         layout = planner.need_layout()
         if op == Op.PUSH and out is not None:
             raise ConfigError("push returns nothing: give out= to push_pull or pull")
-        results = planner.outputs(list(arrays), out) if op == Op.PUSH_PULL else {}
+        host_out, device_out = split_out(out)
+        results = planner.outputs(list(arrays), host_out) if op == Op.PUSH_PULL else {}
         messages = planner.messages(op, layout, list(arrays), arrays,
                                     push_options(loss, weight))
         if op == Op.PUSH:
             return Call(op, messages, finish=lambda call: None)
-        return Call(op, messages, results, delta=self._engine.held is not None)
+        call = Call(op, messages, results, delta=self._engine.held is not None)
+        return on_device(call, xp, device_out)
 
     def _needs_tables(self, names: Iterable[str] | None) -> bool:
         """Whether a pull of ``names`` (all: None) must first learn the tables from the
@@ -173,6 +181,21 @@ class ClientBase:
             dict(info, address=engine.address(i)) for i, info in enumerate(call.infos())])
 
     # ------------------------------------------------------------ row tables
+
+    def _pull_rows_call(self, name: str, ids: Any) -> Call:
+        """``pull_rows``: device ids are read on the host, the rows come back on their
+        device."""
+        xp = deltas_namespace({"ids": ids})
+        return on_device(self._engine.rows.pull(name, host_copy(ids)), xp, {})
+
+    def _push_rows_call(self, name: str, ids: Any, updates: Any, pull_ids: Any,
+                        loss: float | None, weight: float | None, pull: bool) -> Call:
+        """``push_rows`` and ``push_pull_rows``, device arrays copied to the host once."""
+        xp = deltas_namespace({"ids": ids, "updates": updates, "pull": pull_ids})
+        call = self._engine.rows.push(name, host_copy(ids), host_copy(updates),
+                                      None if pull_ids is None else host_copy(pull_ids),
+                                      push_options(loss, weight), pull=pull)
+        return on_device(call, xp, {})
 
     def _init_rows_call(self, name: str, dim: int, dtype: str, init: str,
                         optimizer: Mapping[str, Any] | None, admit_after: int,

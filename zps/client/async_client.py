@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,6 @@ import zmq
 from zps.client.api import ClientBase
 from zps.client.calls import Call
 from zps.client.engine import Engine
-from zps.client.plans import push_options
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
 from zps.curve import HandshakeWatch, client_curve
@@ -138,11 +138,14 @@ class AsyncClient(ClientBase):
         return await self._call(self._init_call(tensors, optimizer))  # type: ignore[no-any-return]
 
     async def pull(self, names: Iterable[str] | None = None, *,
-                   out: Mapping[str, np.ndarray] | None = None) -> Arrays:
+                   out: Mapping[str, Any] | None = None,
+                   device: str | ModuleType | None = None) -> Arrays:
         """The current value of the named tables (all by default), as fresh arrays, or
         received straight into the arrays of ``out`` (by table name; the tables of
         ``out`` when ``names`` is not given). A client that never called ``init`` (an
         evaluator, ``zps export``) asks the servers which tables they hold first.
+        ``device="cuda"`` (or an array module, e.g. ``cupy``) returns arrays on that
+        device; device arrays in ``out`` are filled on their device.
 
         In sync mode, a pull after this worker's push for round r waits for round r to
         close and returns the parameters after it. ``UnknownTableError`` for a table that
@@ -150,11 +153,13 @@ class AsyncClient(ClientBase):
         """
         if self._needs_tables(names if names is not None or out is None else list(out)):
             await self._call(self._learn_call())
-        return await self._call(self._pull_call(names, out))  # type: ignore[no-any-return]
+        return await self._call(self._pull_call(names, out, device))  # type: ignore[no-any-return]
 
     async def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
                    weight: float | None = None) -> None:
         """Send updates (deltas) for the named tables; the servers combine and apply them.
+        Deltas may be NumPy arrays or device arrays (CuPy, CUDA torch tensors): those are
+        compressed on their device and only the encoded bytes are copied to the host.
 
         ``loss`` (this worker's training loss) feeds the ``loss`` rate rule; ``weight``
         (e.g. the batch size) the ``weighted`` aggregation rule.
@@ -163,9 +168,9 @@ class AsyncClient(ClientBase):
 
     async def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
                         weight: float | None = None,
-                        out: Mapping[str, np.ndarray] | None = None) -> Arrays:
+                        out: Mapping[str, Any] | None = None) -> Arrays:
         """Push deltas and return the named tables' values after they were applied (into
-        the arrays of ``out`` where given, as for ``pull``)."""
+        the arrays of ``out`` where given, as for ``pull``), on the deltas' device."""
         return await self._call(  # type: ignore[no-any-return]
             self._push_call(Op.PUSH_PULL, deltas, loss, weight, out))
 
@@ -189,15 +194,15 @@ class AsyncClient(ClientBase):
         """The rows of ``ids`` (int64, any shape): an array of ``ids.shape + (dim,)``. Rows
         never pushed read as their initial value; a pull creates no row."""
         await self._learn_rows(name)
-        return await self._call(self._engine.rows.pull(name, ids))  # type: ignore[no-any-return]
+        return await self._call(self._pull_rows_call(name, ids))  # type: ignore[no-any-return]
 
     async def push_rows(self, name: str, ids: Any, updates: Any, *, loss: float | None = None,
                         weight: float | None = None) -> None:
         """Add ``updates`` (``ids.shape + (dim,)``; gradients with a row optimizer) to the
         rows of ``ids``; the updates of repeated ids are summed first."""
         await self._learn_rows(name)
-        await self._call(self._engine.rows.push(name, ids, updates, None,
-                                                push_options(loss, weight), pull=False))
+        await self._call(self._push_rows_call(name, ids, updates, None, loss, weight,
+                                              pull=False))
 
     async def push_pull_rows(self, name: str, ids: Any, updates: Any,
                              pull_ids: Any | None = None, *, loss: float | None = None,
@@ -205,8 +210,8 @@ class AsyncClient(ClientBase):
         """Push row updates and pull the rows of ``pull_ids`` (by default ``ids``) after
         them, in one round trip."""
         await self._learn_rows(name)
-        return await self._call(self._engine.rows.push(  # type: ignore[no-any-return]
-            name, ids, updates, pull_ids, push_options(loss, weight), pull=True))
+        return await self._call(self._push_rows_call(  # type: ignore[no-any-return]
+            name, ids, updates, pull_ids, loss, weight, pull=True))
 
     async def tables(self) -> list[dict[str, Any]]:
         """The tables the servers hold: name, kind, dtype, shape, version (row tables:

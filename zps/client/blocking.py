@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from types import ModuleType
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -22,7 +23,6 @@ import zmq
 from zps.client.api import ClientBase
 from zps.client.calls import Call
 from zps.client.engine import Engine
-from zps.client.plans import push_options
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
 from zps.curve import HandshakeWatch, client_curve
@@ -102,21 +102,21 @@ class Client(ClientBase):
 
     @overload
     def pull(self, names: Iterable[str] | None = None, *,
-             out: Mapping[str, np.ndarray] | None = None,
+             out: Mapping[str, Any] | None = None, device: str | ModuleType | None = None,
              wait: Literal[True] = True) -> dict[str, np.ndarray]: ...
 
     @overload
     def pull(self, names: Iterable[str] | None = None, *,
-             out: Mapping[str, np.ndarray] | None = None,
+             out: Mapping[str, Any] | None = None, device: str | ModuleType | None = None,
              wait: Literal[False]) -> Handle: ...
 
     def pull(self, names: Iterable[str] | None = None, *,
-             out: Mapping[str, np.ndarray] | None = None,
+             out: Mapping[str, Any] | None = None, device: str | ModuleType | None = None,
              wait: bool = True) -> dict[str, np.ndarray] | Handle:
         """See ``AsyncClient.pull``. ``wait=False`` returns a ``Handle`` at once."""
         if self._needs_tables(names if names is not None or out is None else list(out)):
             self._call(self._learn_call())
-        return self._call_or_handle(self._pull_call(names, out), wait)
+        return self._call_or_handle(self._pull_call(names, out, device), wait)
 
     @overload
     def push(self, deltas: Mapping[str, Any], *, loss: float | None = None,
@@ -135,16 +135,16 @@ class Client(ClientBase):
 
     @overload
     def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
-                  weight: float | None = None, out: Mapping[str, np.ndarray] | None = None,
+                  weight: float | None = None, out: Mapping[str, Any] | None = None,
                   wait: Literal[True] = True) -> dict[str, np.ndarray]: ...
 
     @overload
     def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
-                  weight: float | None = None, out: Mapping[str, np.ndarray] | None = None,
+                  weight: float | None = None, out: Mapping[str, Any] | None = None,
                   wait: Literal[False]) -> Handle: ...
 
     def push_pull(self, deltas: Mapping[str, Any], *, loss: float | None = None,
-                  weight: float | None = None, out: Mapping[str, np.ndarray] | None = None,
+                  weight: float | None = None, out: Mapping[str, Any] | None = None,
                   wait: bool = True) -> dict[str, np.ndarray] | Handle:
         """See ``AsyncClient.push_pull``. ``wait=False`` returns a ``Handle`` at once."""
         return self._call_or_handle(self._push_call(Op.PUSH_PULL, deltas, loss, weight, out),
@@ -161,14 +161,14 @@ class Client(ClientBase):
     def pull_rows(self, name: str, ids: Any, *, wait: bool = True) -> Any:
         """See ``AsyncClient.pull_rows``. ``wait=False`` returns a ``Handle`` at once."""
         self._learn_rows(name)
-        return self._call_or_handle(self._engine.rows.pull(name, ids), wait)
+        return self._call_or_handle(self._pull_rows_call(name, ids), wait)
 
     def push_rows(self, name: str, ids: Any, updates: Any, *, loss: float | None = None,
                   weight: float | None = None, wait: bool = True) -> Any:
         """See ``AsyncClient.push_rows``. ``wait=False`` returns a ``Handle`` at once."""
         self._learn_rows(name)
-        return self._call_or_handle(self._engine.rows.push(
-            name, ids, updates, None, push_options(loss, weight), pull=False), wait)
+        return self._call_or_handle(self._push_rows_call(
+            name, ids, updates, None, loss, weight, pull=False), wait)
 
     def push_pull_rows(self, name: str, ids: Any, updates: Any, pull_ids: Any | None = None,
                        *, loss: float | None = None, weight: float | None = None,
@@ -176,8 +176,8 @@ class Client(ClientBase):
         """See ``AsyncClient.push_pull_rows``. ``wait=False`` returns a ``Handle`` at
         once."""
         self._learn_rows(name)
-        return self._call_or_handle(self._engine.rows.push(
-            name, ids, updates, pull_ids, push_options(loss, weight), pull=True), wait)
+        return self._call_or_handle(self._push_rows_call(
+            name, ids, updates, pull_ids, loss, weight, pull=True), wait)
 
     def tables(self) -> list[dict[str, Any]]:
         """See ``AsyncClient.tables``."""

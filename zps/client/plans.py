@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
 from zps.codecs import Codec, CodecError, ErrorFeedback, make_codec
 from zps.config import ClientConfig
+from zps.devices import as_device_array, dtype_name, host_copy, namespace, to_host
 from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
 from zps.protocol import DTYPES, EncodedMeta, Op, TensorMeta
 
@@ -70,6 +72,8 @@ class Planner:
                          if config.error_feedback and not self.codec.lossless else None)
         # Tables pushed through another codec than the client's (``set_codec``).
         self._codecs: dict[str, tuple[Codec, ErrorFeedback | None]] = {}
+        # Residuals of pushes from device arrays, by (set_codec table or "", module).
+        self._device_feedback: dict[tuple[str, str], ErrorFeedback] = {}
 
     def set_codec(self, names: Iterable[str], spec: str, error_feedback: bool = True) -> None:
         """Push the tables ``names`` through codec ``spec`` (each with its own error
@@ -133,8 +137,10 @@ class Planner:
         arrays = {}
         for name, value in deltas.items():
             spec = layout.specs[_known(layout, name)]
-            array = _contiguous(np.asarray(value, dtype=spec.dtype))
-            if array.shape != spec.shape:
+            xp = namespace(value)
+            array = _contiguous(np.asarray(value, dtype=spec.dtype)) if xp is None else \
+                device_array(xp, value, spec.dtype)
+            if tuple(array.shape) != spec.shape:
                 raise ShapeMismatchError(
                     "shape_mismatch",
                     f"delta for {name!r} has shape {array.shape}, the table has {spec.shape}")
@@ -177,28 +183,41 @@ class Planner:
         self._group_cache[key] = (layout, groups)
         return groups
 
-    def _codec_of(self, table: str) -> tuple[Codec, ErrorFeedback | None]:
-        return self._codecs.get(table) or (self.codec, self.feedback)
+    def _codec_of(self, table: str, xp: ModuleType | None = None,
+                  ) -> tuple[Codec, ErrorFeedback | None]:
+        codec, feedback = self._codecs.get(table) or (self.codec, self.feedback)
+        if xp is None or feedback is None:
+            return codec, feedback
+        # On a device: a residual of its own, kept on that device.
+        key = (table if table in self._codecs else "", xp.__name__)
+        if key not in self._device_feedback:
+            self._device_feedback[key] = ErrorFeedback(codec, xp)
+        return codec, self._device_feedback[key]
 
     def _compressed(self, message: Message) -> bool:
+        if any(namespace(b) is not None for b in message.buffers):
+            return True  # device arrays are encoded where they are, "none" included
         if not self._codecs:
             return self.codec.name != "none"
         return any(self._codec_of(p.table)[0].name != "none" for p in message.parts)
 
     def _compress(self, message: Message) -> Message:
-        """The same message with each part encoded by its table's push codec."""
+        """The same message with each part encoded by its table's push codec (a device
+        array on its device, with only the encoded parts then copied to the host)."""
         metas: list[EncodedMeta] = []
         buffers: list[Any] = []
         for part, piece in zip(message.parts, message.buffers, strict=True):
-            codec, feedback = self._codec_of(part.table)
+            xp = namespace(piece)
+            codec, feedback = self._codec_of(part.table, xp)
             if feedback is not None:
                 encoded = feedback.encode(part.key, piece)
             else:
-                encoded = codec.encode(np, piece)
+                encoded = codec.encode(xp or np, piece)
+            parts = encoded.parts if xp is None else tuple(to_host(xp, p) for p in encoded.parts)
             metas.append(EncodedMeta(part.key, encoded.codec, encoded.params, encoded.dtype,
                                      encoded.shape,
-                                     tuple((str(p.dtype), int(p.nbytes)) for p in encoded.parts)))
-            buffers.extend(encoded.parts)
+                                     tuple((str(p.dtype), int(p.nbytes)) for p in parts)))
+            buffers.extend(parts)
         return Message(message.server, message.op, message.parts, (), tuple(buffers),
                        message.names, message.options, tuple(metas))
 
@@ -277,13 +296,21 @@ def table_array(name: str, value: Any) -> np.ndarray:
     (integers, float16) become float32; anything else is refused. A 0-d array stays 0-d."""
     if not isinstance(name, str) or not name or any(c in name for c in RESERVED):
         raise ConfigError(f"table name {name!r} must be a non-empty string without {RESERVED!r}")
-    array = np.asarray(value)
+    array = np.asarray(host_copy(value))
     if array.dtype.name not in DTYPES:
         if array.dtype.kind not in "iuf":
             raise ShapeMismatchError("bad_dtype", f"table {name!r} must hold real numbers, "
                                                   f"not {array.dtype}")
         array = array.astype(np.float32)
     return _contiguous(array)
+
+
+def device_array(xp: ModuleType, value: Any, dtype: np.dtype) -> Any:
+    """A delta on its device, as the table's dtype (a CUDA torch tensor taken as CuPy)."""
+    array = as_device_array(value, xp)
+    if dtype_name(array) != dtype.name:
+        array = xp.astype(array, getattr(xp, dtype.name))
+    return array
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Small models written against an array module ``xp`` (numpy now, cupy on a GPU).
+"""Small models written against the array API standard: ``xp`` is NumPy, CuPy on a GPU,
+or any other standard namespace (the tests run them under ``array_api_strict``).
 
 Each model is a pair of functions over a dict of parameters: ``init`` makes the initial
 values (NumPy, so every worker starts identically from the same seed) and ``loss_grad``
@@ -29,14 +30,14 @@ class Model:
 
 def _softmax_xent(xp: ModuleType, logits: Any, y: Any) -> tuple[float, Any]:
     """Mean cross-entropy of ``logits`` against labels ``y``, and d loss / d logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
     exp = xp.exp(shifted)
-    probs = exp / exp.sum(axis=1, keepdims=True)
-    n = logits.shape[0]
-    rows = xp.arange(n)
-    loss = float(-xp.log(probs[rows, y] + 1e-12).mean())
-    probs[rows, y] -= 1.0
-    return loss, probs / n
+    probs = exp / xp.sum(exp, axis=1, keepdims=True)
+    n, classes = logits.shape
+    onehot = xp.astype(xp.reshape(y, (n, 1)) == xp.reshape(xp.arange(classes), (1, classes)),
+                       probs.dtype)
+    loss = float(-xp.mean(xp.log(xp.sum(probs * onehot, axis=1) + 1e-12)))
+    return loss, (probs - onehot) / n
 
 
 # ---------------------------------------------------------------- softmax regression
@@ -52,7 +53,7 @@ def _softmax_logits(xp: ModuleType, p: Params, x: Any) -> Any:
 
 def _softmax_loss_grad(xp: ModuleType, p: Params, x: Any, y: Any) -> tuple[float, Params]:
     loss, dlogits = _softmax_xent(xp, _softmax_logits(xp, p, x), y)
-    return loss, {"w": x.T @ dlogits, "b": dlogits.sum(axis=0)}
+    return loss, {"w": x.T @ dlogits, "b": xp.sum(dlogits, axis=0)}
 
 
 # ---------------------------------------------------------------- one-hidden-layer MLP
@@ -72,20 +73,24 @@ def _mlp_init(features: int, classes: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
+def _relu(xp: ModuleType, x: Any) -> Any:
+    return xp.where(x > 0, x, xp.zeros_like(x))
+
+
 def _mlp_logits(xp: ModuleType, p: Params, x: Any) -> Any:
-    return xp.maximum(x @ p["w1"] + p["b1"], 0) @ p["w2"] + p["b2"]
+    return _relu(xp, x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
 
 
 def _mlp_loss_grad(xp: ModuleType, p: Params, x: Any, y: Any) -> tuple[float, Params]:
     pre = x @ p["w1"] + p["b1"]
-    hidden = xp.maximum(pre, 0)
+    hidden = _relu(xp, pre)
     loss, dlogits = _softmax_xent(xp, hidden @ p["w2"] + p["b2"], y)
-    dhidden = (dlogits @ p["w2"].T) * (pre > 0)
+    dhidden = xp.where(pre > 0, dlogits @ p["w2"].T, xp.zeros_like(pre))
     return loss, {
         "w1": x.T @ dhidden,
-        "b1": dhidden.sum(axis=0),
+        "b1": xp.sum(dhidden, axis=0),
         "w2": hidden.T @ dlogits,
-        "b2": dlogits.sum(axis=0),
+        "b2": xp.sum(dlogits, axis=0),
     }
 
 
@@ -97,4 +102,5 @@ MODELS: dict[str, Model] = {
 
 def accuracy(xp: ModuleType, model: Model, params: Params, x: Any, y: Any) -> float:
     """Fraction of ``x`` the model labels correctly."""
-    return float((model.logits(xp, params, x).argmax(axis=1) == y).mean())
+    right = xp.argmax(model.logits(xp, params, x), axis=1) == y
+    return float(xp.mean(xp.astype(right, xp.float32)))

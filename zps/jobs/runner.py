@@ -12,10 +12,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from zps.devices import array_module
 from zps.errors import ConfigError
 from zps.jobs.data import load_digits
 from zps.jobs.models import MODELS, Model, accuracy
@@ -36,12 +38,14 @@ class JobContext:
     slow: float = 0.0  # extra seconds per step (a simulated straggler)
     server_optimizer: dict[str, Any] | None = None  # push gradients, the server steps
     eval_every: int = 0  # record test accuracy every N steps
+    device: str = "auto"  # where the model's math runs: auto (CUDA if there), cpu, cuda
 
 
 Job = Callable[[Any, JobContext], dict[str, Any]]
 
 
-def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
+def train_digits(ps: Any, ctx: JobContext, model: Model,
+                 xp: ModuleType | None = None) -> dict[str, Any]:
     """Minibatch SGD on this worker's shard of digits; every step is one push_pull.
 
     Each worker runs the same number of steps per epoch (set by the largest shard), so in
@@ -49,14 +53,19 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
     size (for the ``loss`` rate rule and the ``weighted`` aggregation). With a server-side
     optimizer the worker pushes raw gradients; otherwise ``-lr * gradient``. Returns the
     losses, a timeline of test accuracy (with ``eval_every``) and the final accuracy.
+    The math runs on ``xp`` (by default the array module of ``ctx.device``); the data
+    goes to the device once, and only compressed pushes cross back to the host.
     """
-    xp = np
+    xp = xp or array_module(ctx.device)
     data = load_digits(seed=ctx.seed)
-    x, y = data.shard(ctx.worker_index, ctx.num_workers)
+    host_x, host_y = data.shard(ctx.worker_index, ctx.num_workers)
+    x, y = xp.asarray(host_x), xp.asarray(host_y)  # on the device once
+    test_x, test_y = xp.asarray(data.x_test), xp.asarray(data.y_test)
     per_worker = math.ceil(len(data.x_train) / ctx.num_workers)
     steps_per_epoch = math.ceil(per_worker / ctx.batch_size)
     initial = model.init(x.shape[1], data.classes, ctx.seed)
-    params = ps.init(initial, optimizer=ctx.server_optimizer)
+    params = {k: xp.asarray(v) for k, v in ps.init(initial, optimizer=ctx.server_optimizer)
+              .items()}
     server_steps = ctx.server_optimizer or getattr(ps, "server_info", {}).get("optimizer")
     scale = 1.0 if server_steps else -ctx.lr  # gradients for a server optimizer, else deltas
     rng = np.random.default_rng(ctx.seed + 1 + ctx.worker_index)
@@ -66,27 +75,29 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
     start = time.perf_counter()
     with progress_bar(ctx, total) as bar:
         for _ in range(ctx.epochs):
-            order = rng.permutation(len(x))
+            order = rng.permutation(len(host_x))
             for step in range(steps_per_epoch):
-                idx = order[(np.arange(ctx.batch_size) + step * ctx.batch_size) % len(x)]
-                loss, grads = model.loss_grad(xp, params, x[idx], y[idx])
+                idx = xp.asarray(order[(np.arange(ctx.batch_size) + step * ctx.batch_size)
+                                       % len(host_x)])
+                loss, grads = model.loss_grad(xp, params, xp.take(x, idx, axis=0),
+                                              xp.take(y, idx, axis=0))
                 if ctx.slow:
                     time.sleep(ctx.slow)
                 params = ps.push_pull({k: scale * g for k, g in grads.items()},
-                                      loss=loss, weight=len(idx))
+                                      loss=loss, weight=ctx.batch_size)
                 losses.append(loss)
                 bar.update(1)
                 if ctx.eval_every and len(losses) % ctx.eval_every == 0:
                     timeline.append({
                         "seconds": time.perf_counter() - start, "step": len(losses),
-                        "test_accuracy": accuracy(xp, model, params, data.x_test, data.y_test),
+                        "test_accuracy": accuracy(xp, model, params, test_x, test_y),
                     })
                 if len(losses) % 10 == 0:
                     rate = len(losses) * ctx.batch_size / (time.perf_counter() - start)
                     bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}",
                                     samples_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
-    params = ps.pull()
+    params = ps.pull(device=xp)
     return {
         "worker": ctx.worker_index,
         "steps": len(losses),
@@ -94,8 +105,9 @@ def train_digits(ps: Any, ctx: JobContext, model: Model) -> dict[str, Any]:
         "timeline": timeline,
         "seconds": seconds,
         "samples_per_s": len(losses) * ctx.batch_size / seconds,
-        "test_accuracy": accuracy(xp, model, params, data.x_test, data.y_test),
+        "test_accuracy": accuracy(xp, model, params, test_x, test_y),
         "train_accuracy": accuracy(xp, model, params, x, y),
+        "device": getattr(xp, "__name__", str(xp)),
     }
 
 
