@@ -18,7 +18,7 @@ from zps.cli.cluster import LocalCluster
 from zps.cli.keygen import keygen
 from zps.curve import client_curve, fingerprint, load_pair, load_public
 from zps.protocol import Op, Request
-from zps.server.access import ALLOWED, Peer, check_access
+from zps.server.access import ALLOWED, Peer, check_access, scoped
 
 from .conftest import ServerThread, run_cli, wait_for
 
@@ -113,14 +113,50 @@ def test_a_key_added_to_the_folder_gets_in_without_a_restart(start_server, keys:
         assert ps.stats()[0]["role"] == "primary"
 
 
-def test_no_key_may_act_for_another_keys_worker(start_server, keys: Path) -> None:
+def test_no_key_may_act_for_another_keys_clients(start_server, keys: Path) -> None:
     server = curve_server(start_server, keys)
+    members = lambda: server.run(  # noqa: E731
+        lambda: sorted(m.client_id for m in server.server.core.members))
     with client(server, keys, "worker", client_id="w-1") as ps:
         ps.init({"w": np.zeros(4, np.float32)})
-        with pytest.raises(zps.ForbiddenError, match="client id w-1 belongs to another key"):
-            client(server, keys, "worker2", client_id="w-1")
+        ps.push({"w": np.ones(4, np.float32)})
+        standby = curve_server(start_server, keys, standby_of=server.address)
+        wait_for(lambda: server.run(lambda: server.server.core.replica.standby),
+                 what="the standby to attach")
+        attached = server.run(lambda: server.server.core.replica.standby)
+        # Another worker key and an observer key use the same client ids: each gets a
+        # client of its own, and its bye touches nobody else's.
+        with client(server, keys, "worker2", client_id="w-1") as other:
+            other.init({"w": np.zeros(4, np.float32)})
+            other.push({"w": np.ones(4, np.float32)})
+        with client(server, keys, "observer", role="observer",
+                    client_id=attached.split("/", 1)[1]):
+            pass
+        assert server.run(lambda: server.server.core.replica.standby) == attached
+        assert any(m.endswith("/w-1") for m in members())
         ps.push({"w": np.ones(4, np.float32)})  # the real w-1 is still registered
-        assert server.run(lambda: "w-1" in server.server.core.members)
+        np.testing.assert_array_equal(ps.pull()["w"], 3)
+    standby.stop()
+
+
+def test_a_malformed_key_file_is_skipped(start_server, keys: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "authorized"
+    shutil.copytree(keys / "authorized", folder)
+    (folder / "workers" / "broken.key").write_text("metadata\ncurve\n    public-key\n")
+    server = curve_server(start_server, keys, curve_authorized=str(folder))
+    with client(server, keys, "worker") as ps:
+        assert ps.stats()
+    (folder / "workers" / "worker.key").unlink()  # revoked: refused at its next connection
+    with pytest.raises(zps.ServerUnreachable, match="refused this client's CURVE key"):
+        client(server, keys, "worker", connect_timeout=1.0)
+
+
+@pytest.mark.parametrize("key", ["#" * 40, "~" * 40, "not-a-key.key", ""])
+def test_a_bad_key_argument_is_one_line(keys: Path, key: str) -> None:
+    done = run_cli("zps.cli.zps_main", "stats", "tcp://127.0.0.1:1", "--timeout", "0.2",
+                   "--curve-server-key", str(keys / "server.key"), "--curve-key", key or "x")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "curve_key" in done.stderr
 
 
 def test_a_worker_key_cannot_become_the_standby(start_server, keys: Path) -> None:
@@ -197,15 +233,19 @@ def test_the_role_table(role: str, op: Op) -> None:
     request = Request(op, "c", 1, options={"role": role})
     allowed = op in ALLOWED[role]
     if allowed:
-        check_access(peer, request, None)
-        check_access(peer, request, "SHA256:k")
-        with pytest.raises(zps.ProtocolError, match="belongs to another key"):
-            check_access(peer, request, "SHA256:other")
+        check_access(peer, request)
+        assert scoped(request, peer).client_id == "k/c"
     else:
         with pytest.raises(zps.ProtocolError, match="may not send"):
-            check_access(peer, request, None)
+            check_access(peer, request)
     writes = {Op.INIT, Op.PUSH, Op.PUSH_PULL, Op.INIT_ROWS, Op.PUSH_ROWS, Op.PUSH_PULL_ROWS}
     assert not (allowed and role != "worker" and op in writes)
+
+
+def test_a_hello_role_of_the_wrong_type_is_refused() -> None:
+    request = Request(Op.HELLO, "c", 1, options={"role": ["worker"]})
+    with pytest.raises(zps.ProtocolError, match="may not register"):
+        check_access(Peer("worker", "SHA256:k"), request)
 
 
 def test_keygen_cli_prints_fingerprints(tmp_path: Path) -> None:

@@ -207,3 +207,18 @@ def test_auto_ranks_of_live_workers_never_collide(events: list[tuple[str, bool, 
             assert rank not in held
             assert rank == previous or previous is None or previous in held
             assert rank == previous or rank <= len(held)  # else the lowest free one
+
+
+def test_a_rank_held_before_is_kept_if_free_and_only_the_first_server_assigns(
+        start_server) -> None:
+    ranks = Ranks()
+    assert ranks.assign("new", None, {"new"}) == 0  # a promoted standby knew nobody
+    assert ranks.assign("back", None, {"new", "back"}, hint=0) == 1  # 0 is taken now
+    assert ranks.assign("other", None, {"new", "back", "other"}, hint=5) == 5  # free: kept
+    first, second = start_server(mode="async", workers=2), start_server(mode="async",
+                                                                         workers=2)
+    with zps.Client([first.address, second.address]) as a, \
+            zps.Client([first.address, second.address]) as b:
+        assert {a.rank, b.rank} == {0, 1}
+        on_second = {m["rank"] for m in a.stats()[1]["members"]}
+        assert on_second == {None}  # the second server gives no ranks of its own

@@ -9,6 +9,7 @@ named in logs by a short fingerprint of the public key, never by the secret.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -39,7 +40,10 @@ def fingerprint(public: bytes) -> str:
 
 
 def _z85_key(source: KeySource) -> bytes | None:
-    """``source`` as a key if it is 40 characters and no file of that name exists."""
+    """``source`` as a key if it is 40 characters and no file of that name exists (a
+    string ending in .key or .key_secret is always a path)."""
+    if isinstance(source, str) and source.endswith((".key", ".key_secret")):
+        return None
     if isinstance(source, bytes | str) and len(source) == 40 and not os.path.exists(source):
         return source.encode() if isinstance(source, str) else source
     return None
@@ -62,7 +66,10 @@ def load_pair(source: KeySource, what: str) -> KeyPair:
     given = _z85_key(source)
     if given is not None:
         _check_z85(given, what)
-        return KeyPair(zmq.curve_public(given), given)
+        try:
+            return KeyPair(zmq.curve_public(given), given)
+        except Exception:
+            raise ConfigError(f"{what} is not a CURVE secret key") from None
     public, secret = _read(source, what)
     if secret is None:
         raise ConfigError(f"{what} {os.fsdecode(source)!r} holds only a public key; give the "
@@ -76,7 +83,7 @@ def _read(source: KeySource, what: str) -> tuple[bytes, bytes | None]:
         public, secret = zmq.auth.load_certificate(path)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, IndexError):
+    except Exception:  # zmq.auth's parser raises ValueError, IndexError... on bad files
         raise ConfigError(f"{what} {path!r} is not a CURVE key file (write one with "
                           "`zps keygen DIR`)") from None
     _check_z85(public, f"{what} {path!r}")
@@ -89,7 +96,7 @@ def _check_z85(key: bytes, what: str) -> None:
     try:
         if len(zmq.utils.z85.decode(key)) == 32:
             return
-    except (ValueError, KeyError, TypeError):
+    except Exception:  # z85 raises struct.error, ValueError, KeyError... for bad input
         pass
     raise ConfigError(f"{what} is not a CURVE key (40 Z85 characters)")
 
@@ -117,23 +124,35 @@ def client_curve(server_key: KeySource | None, key: KeySource | None,
 
 def make_curve_server(sock: zmq.Socket, pair: KeyPair, domain: str) -> None:
     """Make ``sock`` (before it binds) a CURVE server whose peers ZAP checks in ``domain``."""
+    enforce = getattr(zmq, "ZAP_ENFORCE_DOMAIN", None)
+    if enforce is not None:  # no handler bound: refuse, never admit everyone
+        with contextlib.suppress(zmq.ZMQError):
+            sock.setsockopt(enforce, 1)
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, pair.secret)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, pair.public)
     sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
 
 
-def write_pair(folder: Path, name: str) -> tuple[Path, Path]:
-    """Write ``folder/name.key`` and ``folder/name.key_secret`` (secret readable by the
-    owner only); ``ConfigError`` if they exist (keys are never overwritten)."""
-    public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
-    for path in (public, secret):
+def check_new(folder: Path, name: str) -> None:
+    """``ConfigError`` if ``name``'s key files exist in ``folder`` (never overwritten)."""
+    for path in (folder / f"{name}.key", folder / f"{name}.key_secret"):
         if path.exists():
             raise ConfigError(f"{path} exists; keys are never overwritten (remove it, or "
                               "pick another --name)")
+
+
+def write_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """Write ``folder/name.key`` and ``folder/name.key_secret`` (the secret readable by
+    its owner only, from the start); ``ConfigError`` if they exist."""
+    check_new(folder, name)
     folder.mkdir(parents=True, exist_ok=True)
-    made_public, made_secret = zmq.auth.create_certificates(str(folder), name)
-    os.chmod(made_secret, 0o600)
+    mask = os.umask(0o077)
+    try:
+        made_public, made_secret = zmq.auth.create_certificates(str(folder), name)
+    finally:
+        os.umask(mask)
+    os.chmod(made_public, 0o644)
     return Path(made_public), Path(made_secret)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from zps.curve import ROLE_FOLDERS, fingerprint, load_public, write_pair
+from zps.curve import ROLE_FOLDERS, check_new, fingerprint, load_public, write_pair
 
 FOLDER_OF = {role: folder for folder, role in ROLE_FOLDERS.items()}
 # The pairs a new cluster gets, and the role each one's public key is authorized for.
@@ -22,6 +22,8 @@ CLUSTER_KEYS = (("server", "standby"), ("worker", "worker"), ("observer", "obser
 def keygen(folder: Path, name: str | None = None, role: str = "worker") -> list[str]:
     """Write the key pairs and authorize them; one line per pair written (for printing)."""
     pairs = CLUSTER_KEYS if name is None else ((name, role),)
+    for key_name, _ in pairs:  # all or nothing: a set is never written in part
+        check_new(folder, key_name)
     authorized = folder / "authorized"
     for sub in ROLE_FOLDERS:
         (authorized / sub).mkdir(parents=True, exist_ok=True)

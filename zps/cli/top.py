@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from itertools import zip_longest
 from typing import Any
 
 from rich.console import Console, Group
@@ -72,8 +73,9 @@ def view(now: Stats, before: Stats | None, interval: float) -> Group:
 def _p99(info: dict[str, Any]) -> str:
     """The 99th percentile (a bucket bound) of push and push_pull latency so far."""
     latency = info.get("latency") or {}
-    counts = [sum(c) for c in zip(*(latency.get(op, {}).get("counts", [])
-                                    for op in ("push", "push_pull", "push_rows")), strict=False)]
+    counts = [sum(c) for c in zip_longest(*(latency.get(op, {}).get("counts", [])
+                                            for op in ("push", "push_pull", "push_rows")),
+                                          fillvalue=0)]
     bound = percentile({"counts": counts}, latency.get("buckets", []), 0.99)
     return "-" if bound is None else f"<={bound * 1000:g}"
 

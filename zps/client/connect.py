@@ -120,6 +120,8 @@ def hello_frames(engine: Engine, shard: int, rid: int) -> list[Any]:
     config = engine.config
     options: dict[str, Any] = {"role": config.role,
                                "layout": [len(engine.servers), config.chunk_bytes, shard]}
-    if engine.rank is not None and config.role == "worker":
-        options["rank"] = engine.rank  # a rank once assigned is kept across failovers
+    if config.role == "worker" and config.rank is not None:
+        options["rank"] = config.rank
+    elif config.role == "worker" and engine.rank is not None:
+        options["rank_hint"] = engine.rank  # assigned before: kept across failovers if free
     return encode_request(Request(Op.HELLO, engine.client_id, rid, options=options))

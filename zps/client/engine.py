@@ -189,7 +189,7 @@ class Engine:
         limit = info.get("max_message_bytes")
         self.planner.limits[shard] = limit if isinstance(limit, int) else None
         self._next_id = max(self._next_id, as_int(info.get("next_id")))  # above ids it saw
-        if shard == 0 and self.rank is None and isinstance(info.get("rank"), int):
+        if shard == 0 and self.config.rank is None and isinstance(info.get("rank"), int):
             self.rank = info["rank"]
 
     # ------------------------------------------------------------ replies

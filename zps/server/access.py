@@ -3,13 +3,13 @@
 With CURVE on, the ZAP handler (``zps.server.zap``) names every connection's key as a user
 id ``"ROLE SHA256:..."``: the role comes from the folder of ``--curve-authorized`` the key
 was found in. ``check_access`` then decides per request: an observer only reads, a worker does
-everything but replication, a standby key only replicates. A client id belongs to the key
-that registered it, so no key can push, or say ``bye``, as another's worker.
+everything but replication, a standby key only replicates. ``scoped`` makes each client id
+the key's own, so no key can push, or say ``bye``, as another key's client.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from zps.errors import ProtocolError
 from zps.protocol import Op, Request
@@ -47,20 +47,25 @@ class Peer:
         return f"{self.role} {self.key}"
 
 
-def check_access(peer: Peer, request: Request, owner: str | None) -> None:
-    """Raise ``ProtocolError("forbidden")`` unless ``peer`` may send ``request``; ``owner``
-    is the key that registered the request's client id (None if nobody did)."""
+def check_access(peer: Peer, request: Request) -> None:
+    """Raise ``ProtocolError("forbidden")`` unless ``peer``'s role may send ``request``."""
     if request.op not in ALLOWED.get(peer.role, frozenset()):
         raise ProtocolError("forbidden", f"{_a(peer.role)} key may not send {request.op.value} "
                                          f"(key {peer.key})")
     if request.op is Op.HELLO:
         role = request.options.get("role", "worker")
-        if role not in HELLO_ROLES[peer.role]:
-            raise ProtocolError("forbidden", f"{_a(peer.role)} key may not register as {_a(role)} "
-                                             f"(key {peer.key})")
-    if owner is not None and owner != peer.key:
-        raise ProtocolError("forbidden", f"client id {request.client_id} belongs to another "
-                                         f"key; key {peer.key} may not act for it")
+        if not isinstance(role, str) or role not in HELLO_ROLES[peer.role]:
+            raise ProtocolError("forbidden", f"{_a(peer.role)} key may not register as "
+                                             f"{_a(str(role))} (key {peer.key})")
+
+
+def scoped(request: Request, peer: Peer) -> Request:
+    """``request`` with its client id prefixed by the key's fingerprint: what the server
+    keeps per client (membership, request identity, ranks) is then per key as well, so a
+    key cannot register, push, heartbeat or say ``bye`` as another key's client (clients
+    sharing one key trust each other: give each worker a key of its own to keep them
+    apart)."""
+    return replace(request, client_id=f"{peer.key.removeprefix('SHA256:')}/{request.client_id}")
 
 
 def _a(role: str) -> str:

@@ -28,7 +28,7 @@ from zps.curve import (
 )
 from zps.errors import ConfigError, ProtocolError
 from zps.exposition import MetricsEndpoint
-from zps.protocol import DecodeError, decode_request, encode_reply
+from zps.protocol import DecodeError, Op, decode_request, encode_reply
 from zps.server.checkpoints import Checkpoints, check_writable
 from zps.server.core import ServerCore
 from zps.server.follower import Follower
@@ -43,6 +43,9 @@ log = logging.getLogger("zps.server")
 
 SHUTDOWN_FLUSH_SECONDS = 1.0  # how long error replies to waiting requests may take to leave
 MAX_TIMED = 1 << 16  # requests timed at once (for the latency histograms)
+# The ops timed: those that read or change tables (not watches, which wait for a takeover).
+TIMED_OPS = frozenset({Op.INIT, Op.PUSH, Op.PULL, Op.PUSH_PULL, Op.INIT_ROWS, Op.PULL_ROWS,
+                       Op.PUSH_ROWS, Op.PUSH_PULL_ROWS})
 
 
 class Server:
@@ -322,11 +325,12 @@ class Server:
             self._send_all([self.core.error(peer, exc.request_id, exc.code, str(exc))])
             return
         # With CURVE, ZAP named the connection's key and role; every frame carries it.
-        user = str(frames[1].get("User-Id")) if self._zap is not None else None
+        user = _user_id(frames[1]) if self._zap is not None else None
         now = time.monotonic()
         if len(self._started) >= MAX_TIMED:  # replies that never left (peers gone)
             self._started.clear()
-        self._started[(peer, request.request_id)] = (request.op.value, now)
+        if request.op in TIMED_OPS:
+            self._started[(peer, request.request_id)] = (request.op.value, now)
         try:
             out = self.core.handle(peer, request, now, user)
         except Exception as exc:  # a bug must not kill the server: log it, answer, go on
@@ -360,6 +364,14 @@ class Server:
             return
         for holder, tracker in pins:
             holder.pin(tracker)
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The CURVE user id ZAP gave the connection ("" if there is none: no role)."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:
+        return ""
 
 
 def _free_port_on(endpoint: str) -> str:

@@ -18,7 +18,7 @@ from zps.codecs import CodecError
 from zps.config import ServerConfig
 from zps.errors import ProtocolError
 from zps.protocol import PROTOCOL_VERSION, Op, Replicated, Reply, Request
-from zps.server.access import Peer, check_access
+from zps.server.access import Peer, check_access, scoped
 from zps.server.handlers import DURABLE_OPS, Handlers
 from zps.server.pushes import Pushes
 from zps.server.reads import Reads
@@ -121,6 +121,7 @@ class ServerCore:
         try:
             if user is not None:
                 call = self._authorized(call, user)
+                request = call.request  # its client id now scoped by the key
             if state.role == "standby" and request.op not in STANDBY_OPS:
                 raise ProtocolError(
                     "not_primary",
@@ -144,17 +145,17 @@ class ServerCore:
         return self.flush()
 
     def _authorized(self, call: Call, user: str) -> Call:
-        """``call`` with its key, if the key's role allows it (else ``forbidden``)."""
+        """``call`` with its key, if the key's role allows it (else ``forbidden``), and
+        its client id scoped by the key: no key can act for another key's client."""
         peer = Peer.of(user)
-        member = self.state.members.get(call.request.client_id)
         try:
-            check_access(peer, call.request, member.key or None if member else None)
+            check_access(peer, call.request)
         except ProtocolError:
             self.state.counters["forbidden"] += 1
             log.warning("refused %s from client %s (key %s, role %s)", call.request.op.value,
                         call.request.client_id, peer.key, peer.role)
             raise
-        return Call(call.peer, call.request, call.now, peer.key)
+        return Call(call.peer, scoped(call.request, peer), call.now, peer.key)
 
     def tick(self, now: float) -> list[Outgoing]:
         """Declare silent members dead, close timed-out rounds, let stale snapshots go."""

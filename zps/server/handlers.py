@@ -78,19 +78,33 @@ class Handlers:
             return self.core.reply(call, self.core.hello_info())
         if role == "worker":  # an observer may look at any subset of the servers
             self.check_layout(request.options.get("layout"))
-        wanted = request.options.get("rank")
-        if wanted is not None and not (isinstance(wanted, int) and 0 <= wanted < 1 << 31):
-            raise ProtocolError("bad_header", f"option 'rank' {wanted!r} must be an int >= 0")
+        wanted, hint = _rank_option(request, "rank"), _rank_option(request, "rank_hint")
         _, new = state.members.add(cid, role, call.now, call.key)
         info = self.core.hello_info(cid)
         if role == "worker":
             self.core.rounds.bsp.join(cid)
             state.clocks.join(cid)
-            live = {m.client_id for m in state.members.workers()}
-            info["rank"] = state.ranks.assign(cid, wanted, live)
+            info["rank"] = self._rank(cid, wanted, hint, request.options.get("layout"))
         if new:
             log.info("%s %s joined (%d workers)", role, cid, len(state.members.workers()))
         return self.core.reply(call, info)
+
+    def _rank(self, cid: str, wanted: int | None, hint: int | None,
+              layout: Any) -> int | None:
+        """The first server assigns ranks; the others note the rank a worker holds."""
+        ranks, live = self.state.ranks, {m.client_id for m in self.state.members.workers()}
+        if isinstance(layout, list) and len(layout) == 3 and layout[2] != 0:
+            if wanted is not None or hint is not None:
+                ranks.note(cid, wanted if wanted is not None else hint)  # type: ignore[arg-type]
+            return ranks.get(cid)
+        rank = ranks.assign(cid, wanted, live, hint)
+        other = ranks.holder(rank, live, cid)
+        if other is not None:
+            log.warning("worker %s was given rank %d, which worker %s holds too: two "
+                        "workers train on one shard", cid, rank, other)
+        elif hint is not None and rank != hint:
+            log.warning("worker %s held rank %d, now taken: it is rank %d", cid, hint, rank)
+        return rank
 
     def check_layout(self, layout: Any) -> None:
         """Every client must place tables over the same server list, in the same order,
@@ -250,3 +264,11 @@ def _check_same_optimizer(table: Any, wanted: dict[str, Any] | None) -> None:
             "server-side optimizer, deltas otherwise)",
         )
 
+
+
+def _rank_option(request: Any, key: str) -> int | None:
+    value = request.options.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 0 <= value < 1 << 31):
+        raise ProtocolError("bad_header", f"option {key!r} {value!r} must be an int >= 0")
+    return value  # type: ignore[no-any-return]

@@ -69,9 +69,13 @@ RANKS_KEPT = 4096  # ranks remembered for clients that left (to give them the sa
 
 
 class Ranks:
-    """Worker ranks assigned at hello: a rank asked for is taken as given; otherwise a
-    returning client id gets its old rank if no live worker holds it, and anyone else the
-    lowest rank no live worker holds (a replacement takes the shard of one that died)."""
+    """Worker ranks, kept by the first server (the others only note what they are told).
+
+    A rank a worker was configured with is taken as given (a clash with a live worker is
+    logged). A worker that held a rank asks for it again (a hint) when it registers anew,
+    e.g. after a failover, and keeps it unless a live worker holds it now; anyone else
+    gets the lowest rank no live worker holds, so a replacement takes the shard of one
+    that died. A returning client id gets its old rank if it is free."""
 
     def __init__(self) -> None:
         self._of: dict[str, int] = {}
@@ -79,12 +83,28 @@ class Ranks:
     def get(self, client_id: str) -> int | None:
         return self._of.get(client_id)
 
-    def assign(self, client_id: str, wanted: int | None, live: set[str]) -> int:
+    def holder(self, rank: int, live: set[str], besides: str) -> str | None:
+        return next((c for c, r in self._of.items() if r == rank and c in live
+                     and c != besides), None)
+
+    def assign(self, client_id: str, wanted: int | None, live: set[str],
+               hint: int | None = None) -> int:
+        """The rank of ``client_id``: ``wanted`` (configured), else ``hint`` or its old
+        rank if free, else the lowest free one."""
         held = {rank for cid, rank in self._of.items() if cid in live and cid != client_id}
-        rank = wanted if wanted is not None else self._of.get(client_id)
-        if rank is None or (wanted is None and rank in held):
+        rank = wanted
+        if rank is None:
+            for candidate in (hint, self._of.get(client_id)):
+                if candidate is not None and candidate not in held:
+                    rank = candidate
+                    break
+        if rank is None:
             rank = next(r for r in range(len(held) + 1) if r not in held)
         if len(self._of) >= RANKS_KEPT and client_id not in self._of:
             self._of = {cid: r for cid, r in self._of.items() if cid in live}
         self._of[client_id] = rank
         return rank
+
+    def note(self, client_id: str, rank: int) -> None:
+        """Record a rank the first server gave (on the other servers, for ``stats``)."""
+        self._of[client_id] = rank

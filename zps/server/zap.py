@@ -4,10 +4,11 @@ ZeroMQ asks the handler bound at ``inproc://zeromq.zap.01`` of the server's cont
 every CURVE handshake (RFC 27). The answer comes from ``--curve-authorized DIR``: a public
 key in ``DIR/workers``, ``DIR/standbys`` or ``DIR/observers`` connects with that role (its
 user id, which every message it sends then carries, says so); any other key is refused
-and logged once a minute by fingerprint. The change stream's domain admits standby keys
-only. A key not found makes the handler read the folder again if it changed, so
-a key added there is admitted without a restart. (A refused client does not retry: ZeroMQ
-gives up on a connection whose key was refused, so it must connect again.)
+and logged once a minute by fingerprint (at most ten keys a minute, the rest counted). The
+change stream's domain admits standby keys only. The folder is read again whenever it
+changes, so a key added there is admitted, and a key removed or moved refused or demoted,
+at its next connection without a restart (connections already open keep their role). A
+refused client does not retry: ZeroMQ gives up on a connection whose key was refused.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CLIENTS_DOMAIN = "zps"  # the ROUTER every client talks to
 RESCAN_SECONDS = 1.0
 LOG_AGAIN_SECONDS = 60.0
 REMEMBERED_REFUSALS = 1024
+LINES_PER_MINUTE = 10  # refusal lines of different keys; more are counted in one line
 
 
 def read_authorized(folder: Path) -> dict[bytes, str]:
@@ -52,7 +54,8 @@ def read_authorized(folder: Path) -> dict[bytes, str]:
         for path in sorted((folder / name).glob("*.key")):
             try:
                 public, _ = zmq.auth.load_certificate(str(path))
-            except (OSError, ValueError):
+                zmq.utils.z85.decode(public)
+            except Exception:  # any malformed file: skipped, the others still count
                 log.warning("ignored %s: not a CURVE public key file", path)
                 continue
             if keys.get(public, role) != role:
@@ -80,6 +83,7 @@ class ZapHandler:
         self._scanned = time.monotonic()
         self._stamped = self._stamp()
         self._refused: dict[bytes, float] = {}  # key -> when its refusal was last logged
+        self._window, self._lines, self._unlogged = time.monotonic(), 0, 0
         self.refusals = 0
         sock = context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -96,18 +100,18 @@ class ZapHandler:
         return tuple(_mtime(self.folder / name) for name in ROLE_FOLDERS)
 
     def role_of(self, public: bytes, now: float) -> str | None:
-        """The role of ``public``, reading the folder again if it is unknown and the
-        folder changed (or was last read a while ago)."""
-        role = self.keys.get(public)
-        if role is None and (now - self._scanned >= RESCAN_SECONDS
-                             or self._stamp() != self._stamped):
-            self._scanned, self._stamped = now, self._stamp()
+        """The role of ``public``, reading the folder again first if it changed (a key
+        added, removed or moved to another role), or if the key is unknown and the folder
+        was last read a while ago."""
+        stamp = self._stamp()
+        if stamp != self._stamped or (public not in self.keys
+                                      and now - self._scanned >= RESCAN_SECONDS):
+            self._scanned, self._stamped = now, stamp
             try:
                 self.keys = read_authorized(self.folder)
             except ConfigError as exc:  # keep the keys we had
                 log.warning("kept the authorized keys read before: %s", exc)
-            role = self.keys.get(public)
-        return role
+        return self.keys.get(public)
 
     def decide(self, domain: str, mechanism: bytes, credentials: list[bytes],
                address: str, now: float) -> tuple[bytes, bytes, bytes]:
@@ -120,7 +124,17 @@ class ZapHandler:
             return b"200", b"OK", Peer(role, fingerprint(public)).user_id().encode()
         self.refusals += 1
         self._counters["refused_keys"] = self._counters.get("refused_keys", 0) + 1
-        if now - self._refused.get(public, -LOG_AGAIN_SECONDS) >= LOG_AGAIN_SECONDS:
+        if now - self._window >= LOG_AGAIN_SECONDS:
+            if self._unlogged:
+                log.warning("refused %d more CURVE handshakes in the last minute (not "
+                            "logged one by one)", self._unlogged)
+            self._window, self._lines, self._unlogged = now, 0, 0
+        if now - self._refused.get(public, -LOG_AGAIN_SECONDS) < LOG_AGAIN_SECONDS:
+            return b"400", b"key not authorized", b""
+        if self._lines >= LINES_PER_MINUTE:  # fresh keys, one after another: count them
+            self._unlogged += 1
+        else:
+            self._lines += 1
             if len(self._refused) >= REMEMBERED_REFUSALS:
                 self._refused.clear()
             self._refused[public] = now
@@ -135,9 +149,13 @@ class ZapHandler:
         # [routing id, b"", version, request id, domain, address, identity, mechanism, creds]
         if len(parts) < 8 or parts[1] != b"" or parts[2] != b"1.0":
             return  # not a ZAP request: libzmq sends nothing else here
-        status, text, user = self.decide(parts[4].decode(errors="replace"), parts[7],
-                                         parts[8:], parts[5].decode(errors="replace"),
-                                         time.monotonic())
+        try:
+            status, text, user = self.decide(parts[4].decode(errors="replace"), parts[7],
+                                             parts[8:], parts[5].decode(errors="replace"),
+                                             time.monotonic())
+        except Exception:  # a bug must not leave the handshake hanging: refuse it
+            log.exception("CURVE authentication failed; refused the handshake")
+            status, text, user = b"500", b"authentication error", b""
         self._socket.send([parts[0], b"", b"1.0", parts[3], status, text, user, b""])
 
     def close(self) -> None:
