@@ -14,7 +14,12 @@ For each codec of ``--codecs`` (default none, fp16, int8, sign, topk:0.01):
    over ``none`` in the same cell;
 3. cost: encode (worker side, with and without error feedback) and ``decode_add`` (server
    side) in milliseconds per tensor, measured in this process;
-4. accuracy: the digits MLP's final test accuracy with 4 workers in sync mode (mean over
+4. kernels: GB/s on one core (dense bytes over time) of encode, encode with error feedback
+   (a steady-state push: residual plus delta in) and ``decode_add`` of a 64 MiB float32
+   tensor, with the compiled kernels and with the NumPy code they replace
+   (``zps.codecs.kernels.use_kernels``), for each lossy codec but fp16; the machine's load
+   average is printed beside them, as other processes share its cores;
+5. accuracy: the digits MLP's final test accuracy with 4 workers in sync mode (mean over
    the workers, then over ``--seeds``) for each codec with error feedback and, for lossy
    codecs, without; each with delta pulls in the same codec and with exact whole-table
    pulls (``--train-pulls``: a lossy pull codec has no error feedback of its own, so the two
@@ -25,6 +30,7 @@ writes JSON and a PNG of accuracy against bytes pushed.
 
     python bench/compression.py            # everything (6 minutes on 2 cores)
     python bench/compression.py --quick    # a smoke run (under 2 minutes)
+    python bench/compression.py --parts kernels   # the kernel table alone (a minute)
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import queue
 import statistics
@@ -50,11 +57,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zps
 from zps.cli.cluster import LocalCluster
 from zps.codecs import ErrorFeedback, make_codec
+from zps.codecs.kernels import kernels_available, use_kernels
 from zps.config import ClientConfig
 
 CODECS = "none,fp16,int8,sign,topk:0.01"
 SIZES = {"16MiB": 16 << 20, "64MiB": 64 << 20}
 WIRE_SIZE = "16MiB"
+KERNEL_SIZE = "64MiB"
+PARTS = ("wire", "throughput", "cost", "kernels", "accuracy")
 NO_TARGET = 1 << 30  # the round count a throughput cell runs to until its time is up
 
 
@@ -310,7 +320,70 @@ def print_cost(rows: list[dict[str, Any]], repeat: int) -> None:
               f"{r['decode_add_ms']:10.1f}")
 
 
-# ---------------------------------------------------------------- 4. accuracy
+# ---------------------------------------------------------------- 4. kernels
+
+
+def kernel_row(spec: str, kernels: bool, repeat: int) -> dict[str, Any]:
+    """GB/s on one core for ``spec`` on a 64 MiB float32 tensor, kernels on or off."""
+    previous = use_kernels(kernels)
+    try:
+        codec = make_codec(spec, seed=0)
+        value = gradient(SIZES[KERNEL_SIZE], 0)
+        encoded = codec.encode(np, value)
+        out = np.zeros_like(value)
+        feedback = ErrorFeedback(codec, np)
+
+        def rate(call: Callable[[], object]) -> float:
+            return value.nbytes / median_ms(call, repeat) / 1e6
+
+        return {
+            "codec": spec, "kernels": kernels, "size": KERNEL_SIZE, "bytes": value.nbytes,
+            "encode_gb_per_s": rate(lambda: codec.encode(np, value)),
+            "encode_ef_gb_per_s": rate(lambda: feedback.encode("t", value)),
+            "decode_add_gb_per_s": rate(lambda: codec.decode_add(encoded, out, 0.5)),
+            "load_average": os.getloadavg()[0],
+        }
+    finally:
+        use_kernels(previous)
+
+
+def measure_kernels(codecs: list[str], repeat: int) -> list[dict[str, Any]]:
+    """Kernel and NumPy rows for each lossy codec but fp16 (which has no kernels); empty
+    where numba is not installed."""
+    if not kernels_available():
+        print("kernels: numba is not installed or failed to compile; no kernel table")
+        return []
+    rows = []
+    for spec in codecs:
+        if make_codec(spec).lossless or spec == "fp16":
+            continue
+        for kernels in (True, False):
+            rows.append(kernel_row(spec, kernels, repeat))
+            r = rows[-1]
+            print(f"kernels={'on ' if kernels else 'off'} {spec:>10}: encode "
+                  f"{r['encode_gb_per_s']:5.2f}, +EF {r['encode_ef_gb_per_s']:5.2f}, "
+                  f"decode_add {r['decode_add_gb_per_s']:5.2f} GB/s "
+                  f"(load {r['load_average']:.2f})", flush=True)
+    return rows
+
+
+def print_kernels(rows: list[dict[str, Any]], repeat: int) -> None:
+    if not rows:
+        return
+    print(f"\ncodec GB/s on one core, {KERNEL_SIZE} float32, median of {repeat} (compiled "
+          "kernels against the NumPy code; EF: a push with error feedback; load: 1-minute "
+          f"load average on {os.cpu_count()} CPUs)")
+    print(f"{'codec':>10} {'path':>7} {'encode':>7} {'enc+EF':>7} {'decode_add':>10} "
+          f"{'EF x':>6} {'load':>5}")
+    numpy_ef = {r["codec"]: r["encode_ef_gb_per_s"] for r in rows if not r["kernels"]}
+    for r in rows:
+        speedup = r["encode_ef_gb_per_s"] / numpy_ef[r["codec"]]
+        print(f"{r['codec']:>10} {'kernels' if r['kernels'] else 'numpy':>7} "
+              f"{r['encode_gb_per_s']:7.2f} {r['encode_ef_gb_per_s']:7.2f} "
+              f"{r['decode_add_gb_per_s']:10.2f} {speedup:6.2f} {r['load_average']:5.2f}")
+
+
+# ---------------------------------------------------------------- 5. accuracy
 
 # How the training workers pull: "same" delta pulls with the push codec, "exact" whole tables.
 PULL_MODES = ("same", "exact")
@@ -419,9 +492,9 @@ def print_accuracy(rows: list[dict[str, Any]], args: argparse.Namespace) -> None
 # ---------------------------------------------------------------- targets, plot
 
 
-def check_targets(throughput: list[dict[str, Any]],
-                  accuracy: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets against the measured figures (None: not measured in this run);
+def check_targets(throughput: list[dict[str, Any]], accuracy: list[dict[str, Any]],
+                  kernels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issues' targets against the measured figures (None: not measured in this run);
     the accuracy targets once per pull mode."""
     acc = {(r["codec"], r["error_feedback"], r["pulls"]): r["test_accuracy"]
            for r in accuracy}
@@ -447,6 +520,9 @@ def check_targets(throughput: list[dict[str, Any]],
         found.append((f"topk:0.01 EF accuracy within 1 point of none "
                       f"({pulled('topk:0.01', pulls)})",
                       drop("topk:0.01", pulls), "points below none", 1.0, False))
+    compiled = {r["codec"]: r["encode_ef_gb_per_s"] for r in kernels if r["kernels"]}
+    found.append((f"int8 encode with error feedback >= 2 GB/s on one core, {KERNEL_SIZE} "
+                  "float32", compiled.get("int8"), "GB/s", 2.0, True))
     return [{"target": name, "measured": value, "unit": unit,
              "met": None if value is None else (value >= bound if at_least else value <= bound)}
             for name, value, unit, bound, at_least in found]
@@ -539,8 +615,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: throughput of 64MiB x4 only for 1 s, cost of "
                              "16MiB, 3 pulls, training with EF only, 10 epochs, 1 seed")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"what to measure, comma-separated: {', '.join(PARTS)}")
     parser.add_argument("--out", default="bench/results/compression.json")
     args = parser.parse_args()
+    args.parts = [p for p in args.parts.split(",") if p]
+    if not set(args.parts) <= set(PARTS):
+        parser.error(f"--parts: use {', '.join(PARTS)}")
     if args.quick:
         args.sizes, args.workers, args.seconds = "64MiB", "4", 1.0
         args.repeat, args.pulls, args.epochs, args.seeds = 2, 3, 10, 1
@@ -561,30 +642,43 @@ def main() -> int:
     cells = [(s, int(w)) for s in sizes for w in args.workers.split(",") if w]
     out = Path(args.out)
     work = out.parent / "compression"
-    wire = measure_wire(codecs, args.pulls, work)
-    throughput = measure_throughput(codecs, cells, args.seconds, work)
-    cost = measure_cost(codecs, ["16MiB"] if args.quick else sizes, args.repeat)
-    accuracy = measure_accuracy(codecs, args, work)
-    targets = check_targets(throughput, accuracy)
-    print_wire(wire)
-    print_throughput(throughput, args.seconds)
-    print_cost(cost, args.repeat)
-    print_accuracy(accuracy, args)
+    parts = set(args.parts)
+    wire = measure_wire(codecs, args.pulls, work) if "wire" in parts else []
+    throughput = (measure_throughput(codecs, cells, args.seconds, work)
+                  if "throughput" in parts else [])
+    cost = (measure_cost(codecs, ["16MiB"] if args.quick else sizes, args.repeat)
+            if "cost" in parts else [])
+    kernels = measure_kernels(codecs, args.repeat) if "kernels" in parts else []
+    accuracy = measure_accuracy(codecs, args, work) if "accuracy" in parts else []
+    targets = check_targets(throughput, accuracy, kernels)
+    if wire:
+        print_wire(wire)
+    if throughput:
+        print_throughput(throughput, args.seconds)
+    if cost:
+        print_cost(cost, args.repeat)
+    print_kernels(kernels, args.repeat)
+    if accuracy:
+        print_accuracy(accuracy, args)
     print_targets(targets)
     elapsed = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": {"python": platform.python_version(), "cpus": mp.cpu_count(),
                     "numpy": np.__version__, "pyzmq": zmq.__version__,
-                    "libzmq": zmq.zmq_version()},
+                    "libzmq": zmq.zmq_version(), "kernels": kernels_available(),
+                    "load_average": os.getloadavg()},
         "args": vars(args), "seconds": elapsed, "wire": wire, "throughput": throughput,
-        "cost": cost, "accuracy": accuracy, "targets": targets,
+        "cost": cost, "kernels": kernels, "accuracy": accuracy, "targets": targets,
     }, indent=1))
-    png = out.with_suffix(".png")
-    plot(accuracy, throughput, png,
-         f"codecs on {mp.cpu_count()} CPUs: digits MLP, {args.train_workers} workers, "
-         f"{args.epochs} epochs; push_pull throughput")
-    print(f"\nwrote {out} and {png} ({elapsed:.0f} s)")
+    written = str(out)
+    if accuracy or throughput:
+        png = out.with_suffix(".png")
+        plot(accuracy, throughput, png,
+             f"codecs on {mp.cpu_count()} CPUs: digits MLP, {args.train_workers} workers, "
+             f"{args.epochs} epochs; push_pull throughput")
+        written += f" and {png}"
+    print(f"\nwrote {written} ({elapsed:.0f} s)")
     return 0
 
 

@@ -68,11 +68,18 @@ class Codec(Protocol):
 class FeedbackCodec(Codec, Protocol):
     """A lossy codec that computes its own error while encoding (see ``ErrorFeedback``)."""
 
-    def encode_feedback(self, xp: ModuleType, buf: Any) -> Encoded:
-        """``buf`` compressed, like ``encode``; on return ``buf`` holds what the encoding
-        dropped (``buf - decode(encoded)``), computed a block at a time. ``buf`` must be a
-        writable C-contiguous float array; ``ValueError`` if not, or if it holds NaN or
-        inf (then ``buf`` is unchanged)."""
+    def encode_feedback(self, xp: ModuleType, buf: Any, delta: Any = None) -> Encoded:
+        """``buf`` compressed, like ``encode`` (but int8 rounds to nearest: the error is
+        kept, so it needs no randomness to be unbiased over time); on return ``buf`` holds
+        what the encoding dropped (``buf - decode(encoded)``), computed a block at a time.
+
+        With ``delta`` (``buf``'s shape and dtype), ``buf + delta`` is compressed, as
+        ``accumulate`` then ``encode_feedback``, in one pass where kernels run. ``buf``
+        must be a writable C-contiguous float array. ``ValueError`` if it is not, if
+        ``delta`` does not match it or holds NaN or inf, or if ``buf`` alone holds NaN or
+        inf (in each case ``buf`` is unchanged); also if the codec refuses the sum (NaN in
+        it, or int8 and sign values beyond float32's range), and then ``buf`` holds the sum.
+        """
         ...
 
 
@@ -135,6 +142,28 @@ def require_finite(xp: ModuleType, array: Any, what: str = "update") -> None:
     residuals."""
     if not all_finite(xp, array):
         raise ValueError(f"the {what} contains NaN or inf; lossy codecs cannot encode it")
+
+
+def accumulate(xp: ModuleType, buf: Any, delta: Any) -> None:
+    """``buf += delta`` as error feedback adds: ``ValueError`` (``buf`` unchanged) if
+    ``delta`` does not match ``buf`` or holds NaN or inf; a sum beyond the float range is
+    clipped to it, so ``buf`` stays finite."""
+    check_delta(buf, delta)
+    require_finite(xp, delta)
+    with np.errstate(over="ignore"):  # overflow is handled just below
+        xp.add(buf, delta, out=buf)
+    if not all_finite(xp, buf):
+        # Two finite values can only sum to +-inf: saturate rather than poison every later
+        # push (encoders refuse inf).
+        limit = np.finfo(buf.dtype).max
+        xp.clip(buf, -limit, limit, out=buf)
+
+
+def check_delta(buf: Any, delta: Any) -> None:
+    """``ValueError`` unless ``delta`` has ``buf``'s shape and dtype."""
+    if delta.shape != buf.shape or delta.dtype != buf.dtype:
+        raise ValueError(f"a delta of {delta.dtype}{list(delta.shape)} cannot be added to an "
+                         f"error-feedback buffer of {buf.dtype}{list(buf.shape)}")
 
 
 def flat(array: Any) -> Any:

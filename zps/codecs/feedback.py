@@ -7,9 +7,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
-from zps.codecs.base import Codec, Encoded, all_finite, require_finite
+from zps.codecs.base import Codec, Encoded, require_finite
 
 
 class ErrorFeedback:
@@ -17,8 +15,8 @@ class ErrorFeedback:
     ``e' = delta + e - D(C(delta + e))``.
 
     The residual is one buffer per name, made on the first push (a copy of ``delta``) and
-    updated in place after: ``e += delta``, then the codec's ``encode_feedback`` leaves the
-    new residual in it. Lossless codecs keep none.
+    updated in place after: the codec's ``encode_feedback`` adds ``delta`` to it and leaves
+    the new residual in it (one fused pass where kernels run). Lossless codecs keep none.
     """
 
     def __init__(self, codec: Codec, xp: ModuleType) -> None:
@@ -27,8 +25,7 @@ class ErrorFeedback:
         if not codec.lossless and fused is None:
             raise TypeError(f"codec {codec.name} is lossy but has no encode_feedback, which "
                             "error feedback needs")
-        self._fused: Callable[[ModuleType, Any], Encoded] | None = (
-            None if codec.lossless else fused)
+        self._fused: Callable[..., Encoded] | None = None if codec.lossless else fused
         self.codec = codec
         self.xp = xp
         self.residuals: dict[str, Any] = {}
@@ -44,24 +41,13 @@ class ErrorFeedback:
         """
         if self._fused is None:
             return self.codec.encode(self.xp, delta)
-        require_finite(self.xp, delta)
         residual = self.residuals.get(name)
         if residual is None:
+            require_finite(self.xp, delta)
             residual = self.residuals[name] = delta.copy()  # C-contiguous, delta's dtype
-        else:
-            self._accumulate(name, residual, delta)
-        return self._fused(self.xp, residual)
-
-    def _accumulate(self, name: str, residual: Any, delta: Any) -> None:
+            return self._fused(self.xp, residual)
         if residual.shape != delta.shape or residual.dtype != delta.dtype:
             raise ValueError(f"{name!r} was {residual.dtype}{list(residual.shape)} and is now "
                              f"{delta.dtype}{list(delta.shape)}: error feedback needs the same "
                              "shape and dtype each push")
-        xp = self.xp
-        with np.errstate(over="ignore"):  # overflow is handled just below
-            xp.add(residual, delta, out=residual)
-        if not all_finite(xp, residual):
-            # Two finite values can only sum to +-inf: saturate rather than poison every
-            # later push (encoders refuse inf).
-            limit = np.finfo(residual.dtype).max
-            xp.clip(residual, -limit, limit, out=residual)
+        return self._fused(self.xp, residual, delta)

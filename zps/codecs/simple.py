@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from zps.codecs.base import Encoded, feedback_view, flat, out_view, require_finite
+from zps.codecs.base import Encoded, accumulate, feedback_view, flat, out_view, require_finite
 from zps.codecs.blocks import CHUNK, cast_add
 
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -42,8 +42,12 @@ class Fp16Codec:
         """``array`` rounded to float16; ``ValueError`` if it holds NaN or inf."""
         return self._encode(xp, array, feedback=False)
 
-    def encode_feedback(self, xp: ModuleType, buf: Any) -> Encoded:
-        """As ``encode``; ``buf`` is left holding ``buf - float(half(buf))``."""
+    def encode_feedback(self, xp: ModuleType, buf: Any, delta: Any = None) -> Encoded:
+        """As ``encode`` (of ``buf`` plus ``delta``); ``buf`` is left holding
+        ``buf - float(half(buf))`` (see ``FeedbackCodec``)."""
+        feedback_view(buf)  # refuse a bad buffer before adding into it
+        if delta is not None:
+            accumulate(xp, buf, delta)
         return self._encode(xp, buf, feedback=True)
 
     def _encode(self, xp: ModuleType, array: Any, feedback: bool) -> Encoded:
