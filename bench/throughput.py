@@ -94,12 +94,15 @@ def raw_echo(size: int, workers: int, seconds: float) -> float:
 # ---------------------------------------------------------------- zps
 
 
-def _zps_client(servers: list[str], op: str, size: int, seconds: float, start: Any,
-                out: Any) -> None:
-    name = f"t{size}"
+def _zps_client(servers: list[str], op: str, size: int, seconds: float, own: int,
+                index: int, start: Any, out: Any) -> None:
+    # own > 0: each of the ``own`` workers pushes a table of its own (all init all of
+    # them, so they are spread over the servers alike); else all push one table.
+    names = [f"t{size}-{i}" for i in range(own)] if own else [f"t{size}"]
+    name = names[index] if own else names[0]
     value = np.ones(size // 4, np.float32)
     with zps.Client(servers, heartbeat_interval=0) as ps:
-        ps.init({name: np.zeros_like(value)})
+        ps.init({n: np.zeros_like(value) for n in names})
         call = {
             "push": lambda: ps.push({name: value}),
             "pull": lambda: ps.pull([name]),
@@ -108,9 +111,12 @@ def _zps_client(servers: list[str], op: str, size: int, seconds: float, start: A
         timed_loop(call, seconds, start, out)
 
 
-def zps_rate(servers: list[str], op: str, size: int, workers: int, seconds: float) -> float:
-    """Operations per second summed over ``workers`` worker processes."""
-    return run_timed(_zps_client, (servers, op, size, seconds), workers)
+def zps_rate(servers: list[str], op: str, size: int, workers: int, seconds: float,
+             own: bool = False) -> float:
+    """Operations per second summed over ``workers`` worker processes (``own``: a table
+    each, else one table for all)."""
+    return run_timed(_zps_client, (servers, op, size, seconds, workers if own else 0),
+                     workers, indexed=True)
 
 
 def timed_loop(call: Any, seconds: float, start: Any, out: Any) -> None:
@@ -125,15 +131,18 @@ def timed_loop(call: Any, seconds: float, start: Any, out: Any) -> None:
     out.put((count, time.perf_counter() - t0))
 
 
-def run_timed(target: Any, args: tuple[Any, ...], workers: int) -> float:
-    """Start ``workers`` processes of ``target(*args, start, out)`` together; summed rate.
+def run_timed(target: Any, args: tuple[Any, ...], workers: int,
+              indexed: bool = False) -> float:
+    """Start ``workers`` processes of ``target(*args, start, out)`` together; summed rate
+    (``indexed``: ``target(*args, i, start, out)`` for process i).
 
     Each process gets ready, waits at the barrier ``start``, runs for its time and puts
     ``(count, seconds)`` on ``out``.
     """
     mpc = mp.get_context("spawn")
     start, out = mpc.Barrier(workers + 1), mpc.Queue()
-    procs = [mpc.Process(target=target, args=(*args, start, out)) for _ in range(workers)]
+    procs = [mpc.Process(target=target, args=(*args, *((i,) if indexed else ()), start, out))
+             for i in range(workers)]
     for proc in procs:
         proc.start()
     start.wait()
@@ -166,6 +175,11 @@ def main() -> int:
     parser.add_argument("--workers", type=counts, default="1,2,4")
     parser.add_argument("--servers", type=counts, default="1,2")
     parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--procs", type=counts, default="1",
+                        help="zps-server --procs: processes per server (e.g. 1,2)")
+    parser.add_argument("--own-tables", action="store_true",
+                        help="each worker pushes a table of its own (spread over the "
+                             "servers) instead of all pushing one")
     parser.add_argument("--quick", action="store_true", help="1 worker, 1 server")
     parser.add_argument("--targets", action="store_true",
                         help="only the cells with targets (1 worker, 1 server), each measured "
@@ -190,25 +204,28 @@ def main() -> int:
             raw[(label, w)] = raw_echo(SIZES[label], w, args.seconds)
             print(f"raw echo {label:>6} x{w}: {raw[(label, w)]:9.1f} rt/s", flush=True)
     out_dir = Path(args.out).parent
-    for n_servers in server_counts:
-        with LocalCluster(out_dir / f"cluster{n_servers}") as cluster:
-            cluster.start_servers(n_servers, ["--mode", "async", "--log-level", "warning"])
+    for n_servers, procs in [(n, p) for n in server_counts for p in args.procs]:
+        with LocalCluster(out_dir / f"cluster{n_servers}-{procs}") as cluster:
+            cluster.start_servers(n_servers, ["--mode", "async", "--log-level", "warning",
+                                              "--procs", str(procs)])
             for label in sizes:
                 size = SIZES[label]
                 for w in worker_counts:
                     for op in ops:
-                        rate = zps_rate(cluster.addresses, op, size, w, args.seconds)
+                        rate = zps_rate(cluster.addresses, op, size, w, args.seconds,
+                                        args.own_tables)
                         ceiling = raw[(label, w)]
                         row = {
                             "size": label, "bytes": size, "op": op, "workers": w,
-                            "servers": n_servers, "ops_per_s": rate,
+                            "servers": n_servers, "procs": procs, "ops_per_s": rate,
                             "gb_per_s": rate * moved(op, size) / 1e9,
                             "raw_rt_per_s": ceiling,
                             "raw_gb_per_s": ceiling * 2 * size / 1e9,
                             "ratio_to_raw": rate / ceiling,
                         }
                         rows.append(row)
-                        print(f"zps {op:>9} {label:>6} workers={w} servers={n_servers}: "
+                        print(f"zps {op:>9} {label:>6} workers={w} servers={n_servers}x"
+                              f"{procs}: "
                               f"{rate:9.1f} ops/s {row['gb_per_s']:6.2f} GB/s "
                               f"({row['ratio_to_raw']:.2f}x raw)", flush=True)
     print_table(rows)
@@ -256,10 +273,11 @@ def run_targets(args: argparse.Namespace) -> int:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'op':>9} {'size':>6} {'wk':>3} {'srv':>3} {'ops/s':>9} {'GB/s':>6} "
+    print(f"\n{'op':>9} {'size':>6} {'wk':>3} {'srv':>5} {'ops/s':>9} {'GB/s':>6} "
           f"{'raw rt/s':>9} {'raw GB/s':>8} {'x raw':>6}")
     for r in rows:
-        print(f"{r['op']:>9} {r['size']:>6} {r['workers']:>3} {r['servers']:>3} "
+        print(f"{r['op']:>9} {r['size']:>6} {r['workers']:>3} "
+              f"{str(r['servers']) + 'x' + str(r['procs']):>5} "
               f"{r['ops_per_s']:9.1f} {r['gb_per_s']:6.2f} {r['raw_rt_per_s']:9.1f} "
               f"{r['raw_gb_per_s']:8.2f} {r['ratio_to_raw']:6.2f}")
 

@@ -70,6 +70,9 @@ class ServerConfig:
     curve_key: str = ""
     curve_authorized: str = ""
     curve_server_key: str = ""
+    # zps-server --procs N: the addresses of every process of this host's group, in order
+    # (hello says them, and clients given one place their tables over all).
+    group: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from zps.cli.options import (
     positive_int,
     run_cli,
 )
+from zps.cli.procs import run_group
 from zps.config import ServerConfig, parse_mode
 from zps.consistency.aggregate import parse_rule
 from zps.consistency.rates import RATE_RULES
@@ -76,6 +77,10 @@ OPTIONS = (
     Option("curve-server-key", str, "",
            "a standby's CURVE: its primary's public key (default: the public half of "
            "--curve-key, for servers sharing one key pair)"),
+    Option("procs", positive_int, 1,
+           "run N server processes behind this one command, one per core (ports --bind's "
+           "+ 0..N-1; checkpoints in DIR/shard-i); clients given the first address use all"),
+    Option("group", str, "", "set by --procs: the addresses of the whole group (internal)"),
     Option("ready-file", str, "", "write the bound address to this file once listening"),
     Option("standby-of", str, "",
            "run as the hot standby of this primary (tcp://HOST:PORT): mirror its tables and "
@@ -144,6 +149,7 @@ def load_config(
         curve_key=values["curve_key"],
         curve_authorized=values["curve_authorized"],
         curve_server_key=values["curve_server_key"],
+        group=tuple(a for a in str(values["group"]).split(",") if a),
     )
     if config.standby_of and config.restore:
         raise UsageError("--standby-of and --restore exclude each other: a standby copies "
@@ -193,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _main() -> int:
         config, values = load_config(argv, os.environ)
         setup_logging(str(values["log_level"]), str(values["log_format"]))
+        if int(str(values["procs"])) > 1:
+            return run_group(sys.argv[1:] if argv is None else list(argv), values)
         return run(serve(config, str(values["ready_file"])))
 
     run_cli("zps-server", _main)

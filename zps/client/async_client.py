@@ -18,6 +18,7 @@ import zmq
 
 from zps.client.api import ClientBase
 from zps.client.calls import Call
+from zps.client.connect import Regroup, regroup_engine
 from zps.client.engine import Engine
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
@@ -67,26 +68,38 @@ class AsyncClient(ClientBase):
         self._context = zmq.Context()
         try:
             self._curve = client_curve(self.config.curve_server_key, self.config.curve_key)
-            for endpoint, address in enumerate(self._engine.endpoints):
-                self._sockets.append(self._dealer(endpoint, address) if address else None)
-            watch = HandshakeWatch({a: s.socket for a, s in zip(
-                self._engine.endpoints, self._sockets, strict=True) if s is not None},
-                self._curve)
             try:
-                await self._run(self._engine.connect(time.monotonic()))
-            except ServerUnreachable:
-                why = watch.explain()
-                if why is None:
-                    raise
-                raise ServerUnreachable(why) from None
-            finally:
-                watch.close()
+                await self._connect()
+            except Regroup as regroup:  # servers run as --procs groups: use every process
+                for sock in self._sockets:
+                    if sock is not None:
+                        sock.close()
+                self._sockets = []
+                self._engine = regroup_engine(self._engine, regroup)
+                await self._connect()
         except BaseException:
             await self.close()
             raise
         self._connected = True
         if self.config.heartbeat_interval > 0:
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def _connect(self) -> None:
+        """A DEALER per endpoint, and the hellos (``Regroup`` for --procs groups)."""
+        for endpoint, address in enumerate(self._engine.endpoints):
+            self._sockets.append(self._dealer(endpoint, address) if address else None)
+        watch = HandshakeWatch({a: s.socket for a, s in zip(
+            self._engine.endpoints, self._sockets, strict=True) if s is not None},
+            self._curve)
+        try:
+            await self._run(self._engine.connect(time.monotonic()))
+        except ServerUnreachable:
+            why = watch.explain()
+            if why is None:
+                raise
+            raise ServerUnreachable(why) from None
+        finally:
+            watch.close()
 
     def _dealer(self, endpoint: int, address: str) -> LoopSocket:
         assert self._context is not None

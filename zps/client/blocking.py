@@ -22,6 +22,7 @@ import zmq
 
 from zps.client.api import ClientBase
 from zps.client.calls import Call
+from zps.client.connect import Regroup, regroup_engine
 from zps.client.engine import Engine
 from zps.client.wire import read_replies
 from zps.config import ClientConfig
@@ -59,21 +60,12 @@ class Client(ClientBase):
         self._heartbeats: _Heartbeats | None = None
         self._closed = False
         try:
-            for address in self._engine.endpoints:
-                self._sockets.append(self._dealer(address) if address else None)
-            self._endpoint_of = {s: i for i, s in enumerate(self._sockets) if s is not None}
-            watch = HandshakeWatch({a: s for a, s in zip(self._engine.endpoints, self._sockets,
-                                                         strict=True) if s is not None},
-                                   self._curve)
             try:
-                self._run(self._engine.connect(time.monotonic()))
-            except ServerUnreachable:
-                why = watch.explain()
-                if why is None:
-                    raise
-                raise ServerUnreachable(why) from None
-            finally:
-                watch.close()
+                self._connect()
+            except Regroup as regroup:  # servers run as --procs groups: use every process
+                self._drop_sockets()
+                self._engine = regroup_engine(self._engine, regroup)
+                self._connect()
         except BaseException:
             self._close_sockets()
             raise
@@ -81,6 +73,31 @@ class Client(ClientBase):
             self._heartbeats = _Heartbeats([a for a in self._engine.endpoints if a],
                                            self.client_id, self.config.heartbeat_interval,
                                            self._curve)
+
+    def _connect(self) -> None:
+        """A DEALER per endpoint, and the hellos (``Regroup`` for --procs groups)."""
+        for address in self._engine.endpoints:
+            self._sockets.append(self._dealer(address) if address else None)
+        self._endpoint_of = {s: i for i, s in enumerate(self._sockets) if s is not None}
+        watch = HandshakeWatch({a: s for a, s in zip(self._engine.endpoints, self._sockets,
+                                                     strict=True) if s is not None},
+                               self._curve)
+        try:
+            self._run(self._engine.connect(time.monotonic()))
+        except ServerUnreachable:
+            why = watch.explain()
+            if why is None:
+                raise
+            raise ServerUnreachable(why) from None
+        finally:
+            watch.close()
+
+    def _drop_sockets(self) -> None:
+        for sock in self._sockets:
+            if sock is not None:
+                self._poller.unregister(sock)
+                sock.close(linger=0)
+        self._sockets = []
 
     def _dealer(self, address: str) -> zmq.Socket:
         sock = open_socket(self._context, zmq.DEALER, address, **self._curve)

@@ -12,7 +12,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from zps.client.calls import unreachable_message
-from zps.errors import ServerUnreachable, remote_error
+from zps.endpoints import public_endpoint
+from zps.errors import ConfigError, ServerUnreachable, remote_error
 from zps.protocol import Op, Reply, Request, encode_request
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class Connecting:
         self._answers: dict[int, dict[int, dict[str, Any]]] = {}
         self._first_primary: dict[int, float] = {}
         self._decided: set[int] = set()
+        self._groups: dict[tuple[int, int], list[str]] = {}  # (shard, slot) -> its group
 
     def next_deadline(self) -> float:
         settles = [t + SETTLE for s, t in self._first_primary.items() if s not in self._decided]
@@ -43,6 +45,15 @@ class Connecting:
     def answer(self, rid: int, reply: Reply, now: float) -> None:
         shard, slot = self.asked.pop(rid)
         engine = self.engine
+        if reply.error is None and reply.info.get("regroup"):  # a --procs group: see below
+            if engine.groups:  # placed over the groups already, and still not right
+                self._fail(ConfigError(f"{engine.endpoints[2 * shard + slot]} is one of a "
+                                       "group of servers not listed whole; give the first "
+                                       "address of each group, in the same order everywhere"))
+                return
+            self._groups[(shard, slot)] = [str(a) for a in reply.info.get("group", [])]
+            self._regroup_when_all_answered()
+            return
         if reply.error is not None:
             self._fail(remote_error(reply.error[0], f"hello failed: {reply.error[1]}",
                                     engine.endpoints[2 * shard + slot]))
@@ -52,6 +63,18 @@ class Connecting:
             self._first_primary.setdefault(shard, now)
         self._decide(shard, now)
         self._finish_if_done(now)
+        self._regroup_when_all_answered()
+
+    def _regroup_when_all_answered(self) -> None:
+        """Once every server answered and some are --procs groups: ``Regroup``."""
+        if self._groups and not self.asked and not self.call.done:
+            engine = self.engine
+            try:
+                found = regrouped(engine.servers, engine.standbys, self._groups)
+            except ConfigError as exc:
+                self._fail(exc)
+                return
+            self._fail(Regroup(*found))
 
     def expire(self, now: float) -> None:
         for shard in range(len(self.engine.servers)):
@@ -95,7 +118,7 @@ class Connecting:
         self._decided.add(shard)
 
     def _finish_if_done(self, now: float) -> bool:
-        if len(self._decided) < len(self.engine.servers):
+        if len(self._decided) < len(self.engine.servers) or self._groups:
             return False
         self.engine.connected(now)
         self.engine.finish_call(self.call)
@@ -104,6 +127,49 @@ class Connecting:
     def _fail(self, error: Exception) -> None:
         self.engine.connecting_failed()
         self.engine.finish_call(self.call, error)
+
+
+class Regroup(Exception):
+    """Some servers run as groups (``zps-server --procs N``): connect again to these."""
+
+    def __init__(self, servers: list[str], standbys: list[str],
+                 groups: dict[str, list[str]]) -> None:
+        super().__init__(f"servers run as groups: {servers}")
+        self.servers, self.standbys, self.groups = servers, standbys, groups
+
+
+def regroup_engine(engine: Engine, regroup: Regroup) -> Engine:
+    """A new engine for the same client over the groups' every process."""
+    from zps.client.engine import Engine
+
+    wide = Engine(regroup.servers, engine.config, standbys=tuple(regroup.standbys),
+                  client_id=engine.client_id)
+    wide.groups = regroup.groups
+    return wide
+
+
+def regrouped(servers: list[str], standbys: list[str],
+              found: dict[tuple[int, int], list[str]],
+              ) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """The server and standby lists with each group in place of the address given for it
+    (in the group's order, wildcard hosts as the address given), and each member's group.
+    ``ConfigError`` if a standby group's size differs from its primary group's."""
+    wide, standby_wide, groups = [], [], {}
+    for shard, address in enumerate(servers):
+        group = [public_endpoint(a, address) for a in found.get((shard, 0), [address])]
+        standby = standbys[shard]
+        others = [public_endpoint(a, standby) for a in found.get((shard, 1), [standby])] \
+            if standby else [""] * len(group)
+        if len(others) != len(group):
+            raise ConfigError(f"the standby {standby} is a group of {len(others)} processes "
+                              f"and its primary {address} of {len(group)}: start both with "
+                              "the same --procs")
+        for members in (group, others):
+            if len(members) > 1:
+                groups.update(dict.fromkeys(members, members))
+        wide += group
+        standby_wide += others
+    return wide, standby_wide, groups
 
 
 def _primary(info: dict[str, Any]) -> bool:
@@ -115,11 +181,15 @@ def _epoch(info: dict[str, Any]) -> int:
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
 
 
-def hello_frames(engine: Engine, shard: int, rid: int) -> list[Any]:
+def hello_frames(engine: Engine, shard: int, rid: int, slot: int | None = None) -> list[Any]:
     """A hello to ``shard``: the role, the layout, and the rank held or wanted."""
     config = engine.config
     options: dict[str, Any] = {"role": config.role,
                                "layout": [len(engine.servers), config.chunk_bytes, shard]}
+    endpoint = 2 * shard + (engine.active[shard] if slot is None else slot)
+    group = engine.groups.get(engine.endpoints[endpoint])
+    if group is not None:
+        options["group"] = len(group)  # this client places over the whole group
     if config.role == "worker" and config.rank is not None:
         options["rank"] = config.rank
     elif config.role == "worker" and engine.rank is not None:

@@ -61,6 +61,8 @@ DATA_OPS = (Op.INIT, Op.PULL, Op.PUSH_PULL)  # replies that carry table values
 class Engine:
     """All of a client's state and decisions, without I/O."""
 
+    groups: dict[str, list[str]] = {}  # server -> its --procs group (connect.regrouped)
+
     def __init__(self, servers: str | Sequence[str], config: ClientConfig | None = None,
                  **overrides: Any) -> None:
         self.config = replace(config or ClientConfig(), **overrides)
@@ -157,9 +159,9 @@ class Engine:
         self._connecting = Connecting(self, call, now + self.config.connect_timeout)
         for shard in range(len(self.servers)):
             for slot in (0, 1) if self.has_standby(shard) else (0,):
-                rid = self._rid()
+                rid = self.new_id()
                 self._connecting.asked[rid] = (shard, slot)
-                self._sends.append((2 * shard + slot, hello_frames(self, shard, rid)))
+                self._sends.append((2 * shard + slot, hello_frames(self, shard, rid, slot)))
         return call
 
     def connecting_failed(self) -> None:
@@ -341,7 +343,7 @@ class Engine:
             pending = queue.popleft()
             if pending.call.done:
                 continue
-            pending.rid = self._rid()
+            pending.rid = self.new_id()
             call = pending.call
             pending.attempts_left = (call.attempts if call.attempts is not None
                                      else 1 + self.config.retries)
@@ -391,8 +393,6 @@ class Engine:
         """A fresh request id (hellos and watches too, which no server tracks)."""
         self._next_id += 1
         return self._next_id - 1
-
-    _rid = new_id
 
     def _complete(self, call: Call, error: BaseException | None = None) -> None:
         if call.done:

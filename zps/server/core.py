@@ -266,6 +266,7 @@ class ServerCore:
             "pub": self.replica.pub_endpoint,
             "replication": cfg.replication,
             "next_id": state.ledger.top(client) + 1 if client else 0,
+            **({"group": list(cfg.group)} if len(cfg.group) > 1 else {}),
         }
 
     def stats(self, now: float) -> dict[str, Any]:

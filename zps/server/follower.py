@@ -17,11 +17,11 @@ import logging
 import time
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
 
+from zps.endpoints import public_endpoint
 from zps.errors import ProtocolError, ZpsError
 from zps.protocol import (
     Beat,
@@ -373,13 +373,3 @@ def _allocate(manifest: Any) -> list[np.ndarray]:
 
 
 _DTYPES = ("uint8", "float32", "float64", "int64", "int32", "uint32")
-
-
-def public_endpoint(endpoint: str, seen_as: str) -> str:
-    """``endpoint`` with a wildcard host replaced by the host of ``seen_as``."""
-    host = urlsplit(endpoint).hostname
-    if host in ("0.0.0.0", "*", "::", None):
-        port = endpoint.rsplit(":", 1)[1]
-        return f"tcp://{urlsplit(seen_as).hostname}:{port}"
-    return endpoint
-

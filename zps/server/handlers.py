@@ -65,6 +65,11 @@ class Handlers:
         if role not in ROLES:
             raise ProtocolError("bad_header", f"role {role!r} must be one of {ROLES}")
         cid = request.client_id
+        group = self.core.config.group
+        if len(group) > 1 and role != "standby" and request.options.get("group") != len(group):
+            # One of a --procs group: the client is to place over all of it, and connect
+            # to every process; nobody is registered by this answer.
+            return self.core.reply(call, {**self.core.hello_info(), "regroup": True})
         if state.role == "standby":  # says what it is; registers nobody until it takes over
             return self.core.reply(call, self.core.hello_info(cid))
         known = state.members.get(cid)

@@ -1,0 +1,93 @@
+"""``zps-server --procs N``: one command, N server processes, clients placing over all."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zps
+from zps.client.connect import regrouped
+
+from .conftest import ROOT, python_env, run_cli, wait_for
+
+
+def start_group(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    ready = tmp_path / f"{name}.addr"
+    proc = subprocess.Popen([sys.executable, "-m", "zps.cli.server_main", "--bind",
+                             "tcp://127.0.0.1:0", "--ready-file", str(ready),
+                             "--log-level", "warning", *args], env=python_env(), cwd=ROOT)
+    wait_for(lambda: ready.exists() or proc.poll() is not None, what=f"{name} to listen")
+    assert proc.poll() is None, f"{name} exited with {proc.returncode}"
+    return proc, ready.read_text()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30)
+
+
+def test_regrouping_puts_each_group_in_place_of_its_first_address() -> None:
+    servers, standbys, groups = regrouped(
+        ["tcp://a:1", "tcp://b:1"], ["tcp://s:1", ""],
+        {(0, 0): ["tcp://*:1", "tcp://*:2"], (0, 1): ["tcp://s:1", "tcp://s:2"]})
+    assert servers == ["tcp://a:1", "tcp://a:2", "tcp://b:1"]
+    assert standbys == ["tcp://s:1", "tcp://s:2", ""]
+    assert groups["tcp://a:2"] == ["tcp://a:1", "tcp://a:2"] and "tcp://b:1" not in groups
+    with pytest.raises(zps.ConfigError, match="same --procs"):
+        regrouped(["tcp://a:1"], ["tcp://s:1"], {(0, 0): ["tcp://a:1", "tcp://a:2"]})
+
+
+def test_a_group_serves_one_address_and_clients_use_every_process(tmp_path: Path) -> None:
+    group, address = start_group(tmp_path, "group", "--procs", "2", "--mode", "async",
+                                 "--checkpoint-dir", str(tmp_path / "ckpt"))
+    try:
+        with zps.Client([address], chunk_bytes=1024) as ps:
+            assert len(ps.servers) == 2 and ps.servers[0] == address
+            ps.init({"w": np.zeros(1000, np.float32)})  # 4 KB: split over both
+            ps.push({"w": np.ones(1000, np.float32)})
+            np.testing.assert_array_equal(ps.pull()["w"], 1)
+            assert [len(info["tables"]) for info in ps.stats()] == [2, 2]  # 4 row parts
+        with zps.Client([address], role="observer") as evaluator:  # no init: it asks
+            np.testing.assert_array_equal(evaluator.pull()["w"], 1)
+        looked = run_cli("zps.cli.zps_main", "stats", address, "--json")
+        assert looked.returncode == 0 and looked.stdout.count('"server_id"') == 2
+    finally:
+        assert stop(group) == 0
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["shard-0", "shard-1"]
+    assert all(any(p.iterdir()) for p in (tmp_path / "ckpt").iterdir())  # final checkpoints
+
+
+def test_a_standby_group_follows_and_takes_over(tmp_path: Path) -> None:
+    primaries, address = start_group(tmp_path, "primaries", "--procs", "2", "--mode", "async")
+    standbys, standby = start_group(tmp_path, "standbys", "--procs", "2", "--mode", "async",
+                                    "--standby-of", address)
+    try:
+        with zps.Client([address], standbys=[standby], chunk_bytes=1024) as ps:
+            assert len(ps.servers) == 2
+            ps.init({"w": np.zeros(1000, np.float32)})
+            wait_for(lambda: all(s["replica"]["standby"] for s in ps.stats()),
+                     what="both standbys to attach")
+            ps.push({"w": np.ones(1000, np.float32)})
+            assert stop(primaries) == 0  # every primary of the group goes
+            ps.push({"w": np.ones(1000, np.float32)})
+            np.testing.assert_array_equal(ps.pull()["w"], 2)
+            assert [s["epoch"] for s in ps.stats()] == [2, 2]
+    finally:
+        if primaries.poll() is None:
+            stop(primaries)
+        stop(standbys)
+
+
+def test_a_standby_group_of_another_size_is_refused(tmp_path: Path) -> None:
+    primaries, address = start_group(tmp_path, "primaries", "--procs", "2")
+    try:
+        done = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0", "--procs", "3",
+                       "--standby-of", address)
+        assert done.returncode == 2 and "give this standby --procs 2" in done.stderr
+    finally:
+        stop(primaries)
