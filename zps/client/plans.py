@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
-from zps.codecs import Codec, CodecError, ErrorFeedback, make_codec
+from zps.codecs import Codec, CodecError, ErrorFeedback, arrayapi, make_codec
 from zps.config import ClientConfig
 from zps.devices import as_device_array, dtype_name, host_copy, namespace, to_host
 from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
@@ -212,7 +212,7 @@ class Planner:
             if feedback is not None:
                 encoded = feedback.encode(part.key, piece)
             else:
-                encoded = codec.encode(xp or np, piece)
+                encoded = codec.encode(np, piece) if xp is None else arrayapi.encode(codec, piece)
             parts = encoded.parts if xp is None else tuple(to_host(xp, p) for p in encoded.parts)
             metas.append(EncodedMeta(part.key, encoded.codec, encoded.params, encoded.dtype,
                                      encoded.shape,

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
+from zps.codecs import arrayapi
 from zps.codecs.base import Codec, Encoded, require_finite
 
 
@@ -40,7 +43,10 @@ class ErrorFeedback:
         stays finite.
         """
         if self._fused is None:
-            return self.codec.encode(self.xp, delta)
+            return self.codec.encode(self.xp, delta) if self.xp is np else \
+                arrayapi.encode(self.codec, delta)
+        if self.xp is not np:  # on a device: the residual stays there
+            return arrayapi.encode_feedback(self.codec, self.residuals, name, delta)
         residual = self.residuals.get(name)
         if residual is None:
             require_finite(self.xp, delta)
