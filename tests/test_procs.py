@@ -39,7 +39,11 @@ def test_regrouping_puts_each_group_in_place_of_its_first_address() -> None:
     assert standbys == ["tcp://s:1", "tcp://s:2", ""]
     assert groups["tcp://a:2"] == ["tcp://a:1", "tcp://a:2"] and "tcp://b:1" not in groups
     with pytest.raises(zps.ConfigError, match="same --procs"):
-        regrouped(["tcp://a:1"], ["tcp://s:1"], {(0, 0): ["tcp://a:1", "tcp://a:2"]})
+        regrouped(["tcp://a:1"], ["tcp://s:1"], {(0, 0): ["tcp://a:1", "tcp://a:2"],
+                                                 (0, 1): ["tcp://s:1", "tcp://s:2", "tcp://s:3"]})
+    # A standby that did not answer: the group's first process keeps it, the others none.
+    assert regrouped(["tcp://a:1"], ["tcp://s:1"], {(0, 0): ["tcp://a:1", "tcp://a:2"]})[1] \
+        == ["tcp://s:1", ""]
 
 
 def test_a_group_serves_one_address_and_clients_use_every_process(tmp_path: Path) -> None:

@@ -37,9 +37,12 @@ class Connecting:
         self._first_primary: dict[int, float] = {}
         self._decided: set[int] = set()
         self._groups: dict[tuple[int, int], list[str]] = {}  # (shard, slot) -> its group
+        self._heard: dict[int, float] = {}  # shard -> when its first answer came
 
     def next_deadline(self) -> float:
         settles = [t + SETTLE for s, t in self._first_primary.items() if s not in self._decided]
+        if self._groups:
+            settles += [t + SETTLE for t in self._heard.values()]
         return min([self.deadline, *settles])
 
     def answer(self, rid: int, reply: Reply, now: float) -> None:
@@ -52,7 +55,8 @@ class Connecting:
                                        "address of each group, in the same order everywhere"))
                 return
             self._groups[(shard, slot)] = [str(a) for a in reply.info.get("group", [])]
-            self._regroup_when_all_answered()
+            self._heard.setdefault(shard, now)
+            self._regroup_when_due(now)
             return
         if reply.error is not None:
             self._fail(remote_error(reply.error[0], f"hello failed: {reply.error[1]}",
@@ -61,22 +65,32 @@ class Connecting:
         self._answers.setdefault(shard, {})[slot] = reply.info
         if _primary(reply.info) or not engine.has_standby(shard):
             self._first_primary.setdefault(shard, now)
+        self._heard.setdefault(shard, now)
         self._decide(shard, now)
         self._finish_if_done(now)
-        self._regroup_when_all_answered()
+        self._regroup_when_due(now)
 
-    def _regroup_when_all_answered(self) -> None:
-        """Once every server answered and some are --procs groups: ``Regroup``."""
-        if self._groups and not self.asked and not self.call.done:
-            engine = self.engine
-            try:
-                found = regrouped(engine.servers, engine.standbys, self._groups)
-            except ConfigError as exc:
-                self._fail(exc)
+    def _regroup_when_due(self, now: float) -> None:
+        """Some servers are --procs groups: ``Regroup`` once every shard's first server
+        answered, and its standby too or ``SETTLE`` passed (a standby down does not keep
+        the client from connecting: the group's other processes then have none)."""
+        if not self._groups or self.call.done:
+            return
+        engine = self.engine
+        waiting = {shard for shard, _ in self.asked.values()}
+        for shard in range(len(engine.servers)):
+            if shard in waiting and (shard not in self._heard
+                                     or now < self._heard[shard] + SETTLE):
                 return
-            self._fail(Regroup(*found))
+        try:
+            found = regrouped(engine.servers, engine.standbys, self._groups)
+        except ConfigError as exc:
+            self._fail(exc)
+            return
+        self._fail(Regroup(*found))
 
     def expire(self, now: float) -> None:
+        self._regroup_when_due(now)
         for shard in range(len(self.engine.servers)):
             self._decide(shard, now)
         if self._finish_if_done(now) or now < self.deadline:
@@ -158,8 +172,8 @@ def regrouped(servers: list[str], standbys: list[str],
     for shard, address in enumerate(servers):
         group = [public_endpoint(a, address) for a in found.get((shard, 0), [address])]
         standby = standbys[shard]
-        others = [public_endpoint(a, standby) for a in found.get((shard, 1), [standby])] \
-            if standby else [""] * len(group)
+        others = [public_endpoint(a, standby) for a in found[(shard, 1)]] \
+            if standby and (shard, 1) in found else [standby] + [""] * (len(group) - 1)
         if len(others) != len(group):
             raise ConfigError(f"the standby {standby} is a group of {len(others)} processes "
                               f"and its primary {address} of {len(group)}: start both with "
