@@ -672,7 +672,7 @@ def main() -> int:
         "cost": cost, "kernels": kernels, "accuracy": accuracy, "targets": targets,
     }, indent=1))
     written = str(out)
-    if accuracy or throughput:
+    if accuracy:  # (the plot is accuracy against bytes, with throughput beside it)
         png = out.with_suffix(".png")
         plot(accuracy, throughput, png,
              f"codecs on {mp.cpu_count()} CPUs: digits MLP, {args.train_workers} workers, "
