@@ -185,6 +185,11 @@ class HandshakeWatch:
                     "without it, the server must run without --curve-key)")
         return None
 
+    def explained(self, error: Exception) -> Exception:
+        """``error`` (a server that never answered), or a clearer one naming CURVE."""
+        why = self.explain()
+        return error if why is None else type(error)(why)
+
     def close(self) -> None:
         for sock, monitor in self._monitors.values():
             if not sock.closed:

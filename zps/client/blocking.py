@@ -84,11 +84,8 @@ class Client(ClientBase):
                                self._curve)
         try:
             self._run(self._engine.connect(time.monotonic()))
-        except ServerUnreachable:
-            why = watch.explain()
-            if why is None:
-                raise
-            raise ServerUnreachable(why) from None
+        except ServerUnreachable as exc:
+            raise watch.explained(exc) from None
         finally:
             watch.close()
 
