@@ -385,7 +385,7 @@ if args[0] == "zps-server":
     with open(ready + ".tmp", "w") as out:
         out.write("tcp://0.0.0.0:%d" % (20000 + os.getpid() % 40000))
     os.replace(ready + ".tmp", ready)
-    time.sleep(60)
+    signal.pause()  # a server until the script stops it (SIGTERM)
 '''
 SHIM = '#!/bin/sh\nexec {python} -m {module} "$@"\n'
 
