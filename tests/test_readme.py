@@ -9,6 +9,7 @@ the README cannot go unchecked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -173,6 +174,10 @@ def test_every_listed_command_runs(command: str, tmp_path: Path) -> None:
             args += [*budget, "--out", str(tmp_path)]
         out = run([sys.executable, "-m", "zps.cli.demo", *args]).stdout
         assert "--help" in args or "final test accuracy" in out or "final test AUC" in out
+        if "final test AUC" in out:  # the ctr jobs learn, even on this budget
+            got = json.loads((tmp_path / "worker0.json").read_text())
+            assert got["test_auc"] > got["best_auc"] - 0.05, got  # best 0.835, chance 0.5
+            assert (tmp_path / "auc.png").exists()
         return
     assert command.startswith("make "), f"the README shows {command!r}: teach this test it"
     out = run(command, timeout=600).stdout
