@@ -116,3 +116,25 @@ def test_the_digits_job_trains_on_a_strict_namespace(start_server: Any) -> None:
         result = train_digits(ps, JobContext(epochs=3, progress=False), MODELS["mlp"], xp=xp)
     assert result["device"] == "array_api_strict"
     assert result["test_accuracy"] > 0.8
+
+
+def test_a_device_out_of_the_wrong_shape_is_refused_before_anything_is_sent(
+        start_server: Any) -> None:
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(4, np.float32)})
+        with pytest.raises(zps.ShapeMismatchError, match="out"):
+            ps.push_pull({"w": xp.ones(4, dtype=xp.float32)},
+                         out={"w": xp.zeros(5, dtype=xp.float32)})
+        np.testing.assert_array_equal(ps.pull()["w"], 0)  # nothing was applied
+
+
+def test_a_row_split_matrix_from_a_device_and_set_codec_after(start_server: Any) -> None:
+    server = start_server(mode="async")
+    with zps.Client([server.address], chunk_bytes=256, codec="int8") as ps:
+        ps.init({"m": np.zeros((40, 8), np.float32)})  # 1280 bytes: five row parts
+        ps.push({"m": xp.ones((40, 8), dtype=xp.float32)})
+        ps.set_codec(["m"], "none")
+        ps.push({"m": xp.ones((40, 8), dtype=xp.float32)})
+        got = ps.pull()["m"]
+    np.testing.assert_allclose(got, 2.0, atol=0.02)

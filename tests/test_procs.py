@@ -81,6 +81,12 @@ def test_a_standby_group_follows_and_takes_over(tmp_path: Path) -> None:
             ps.push({"w": np.ones(1000, np.float32)})
             np.testing.assert_array_equal(ps.pull()["w"], 2)
             assert [s["epoch"] for s in ps.stats()] == [2, 2]
+            # A worker started now, given the same addresses, finds the standby group.
+            with zps.Client([address], standbys=[standby], chunk_bytes=1024,
+                            connect_timeout=5.0) as late:
+                np.testing.assert_array_equal(late.pull()["w"], 2)
+                late.push({"w": np.ones(1000, np.float32)})
+            np.testing.assert_array_equal(ps.pull()["w"], 3)
     finally:
         if primaries.poll() is None:
             stop(primaries)
@@ -95,3 +101,44 @@ def test_a_standby_group_of_another_size_is_refused(tmp_path: Path) -> None:
         assert done.returncode == 2 and "give this standby --procs 2" in done.stderr
     finally:
         stop(primaries)
+
+
+def test_every_address_of_a_group_listed_and_a_plain_server_beside_it(tmp_path: Path,
+                                                                      start_server) -> None:
+    group, address = start_group(tmp_path, "group", "--procs", "2", "--mode", "async")
+    plain = start_server(mode="async")
+    try:
+        with zps.Client([address]) as ps:
+            everyone = ps.servers
+        with zps.Client(everyone) as ps:  # every address given: the same list
+            assert ps.servers == everyone
+        for _ in range(2):  # the second worker meets a plain server whose layout is set
+            with zps.Client([address, plain.address], chunk_bytes=1024) as ps:
+                assert ps.servers == [*everyone, plain.address]
+                ps.init({"w": np.zeros(1000, np.float32)})
+                ps.push({"w": np.ones(1000, np.float32)})
+        with zps.Client([address, plain.address], chunk_bytes=1024) as ps:
+            np.testing.assert_array_equal(ps.pull()["w"], 2)
+    finally:
+        stop(group)
+
+
+def test_a_curve_standby_group(tmp_path: Path) -> None:
+    from zps.cli.keygen import keygen
+
+    keygen(tmp_path / "keys")
+    keys = tmp_path / "keys"
+    curve = ["--curve-key", str(keys / "server.key_secret"),
+             "--curve-authorized", str(keys / "authorized")]
+    primaries, address = start_group(tmp_path, "primaries", "--procs", "2", *curve)
+    standbys, standby = start_group(tmp_path, "standbys", "--procs", "2", *curve,
+                                    "--standby-of", address)
+    try:
+        with zps.Client([address], standbys=[standby], curve_server_key=str(keys / "server.key"),
+                        curve_key=str(keys / "worker.key_secret"), chunk_bytes=1024) as ps:
+            ps.init({"w": np.zeros(1000, np.float32)})
+            wait_for(lambda: all(s["replica"]["standby"] for s in ps.stats()),
+                     what="both standbys to attach over CURVE")
+    finally:
+        stop(primaries)
+        stop(standbys)

@@ -14,6 +14,7 @@ import logging
 from types import ModuleType
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from zps.errors import ConfigError
@@ -65,8 +66,8 @@ def namespace(array: Any) -> ModuleType | None:
     (NumPy arrays, lists, scalars, CPU torch tensors)."""
     if isinstance(array, np.ndarray | np.generic | int | float | list | tuple):
         return None
-    if _is_cuda_torch(array):
-        import cupy
+    if _is_cuda_torch(array) or array_api_compat.is_cupy_array(array):
+        import cupy  # (a cupy.ndarray has no __array_namespace__)
 
         return cupy  # type: ignore[no-any-return]
     get = getattr(array, "__array_namespace__", None)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zps.cli.options import UsageError
+from zps.endpoints import public_endpoint
 
 READY_SECONDS = 60.0  # how long the children may take to listen
 GROUP_SECONDS = 60.0  # how long a standby group waits for its primary group to answer
@@ -84,11 +85,13 @@ def primary_group(address: str, values: Mapping[str, Any]) -> list[str]:
             with zps.Client([address], role="observer", heartbeat_interval=0,
                             connect_timeout=2.0, **curve) as probe:
                 group = probe.server_info.get("group") or [address]
-                return [str(a) for a in group]
+                return [public_endpoint(str(a), address) for a in group]
         except zps.ServerUnreachable:
             if time.monotonic() > deadline:
                 raise UsageError(f"--standby-of {address}: no answer within "
                                  f"{GROUP_SECONDS:.0f} s") from None
+        except zps.ZpsError as exc:
+            raise UsageError(f"--standby-of {address}: {exc}") from None
 
 
 def run_group(argv: Sequence[str], values: Mapping[str, Any]) -> int:
@@ -117,8 +120,10 @@ def run_group(argv: Sequence[str], values: Mapping[str, Any]) -> int:
             if not _wait_ready(procs, [f["ready-file"] for f in children], stop):
                 return _stop_all(procs, 1)
             if values["ready_file"]:  # the first process's address, once all listen
-                Path(values["ready_file"]).write_text(Path(children[0]["ready-file"])
-                                                      .read_text())
+                ready = Path(str(values["ready_file"]))
+                ready.with_name(ready.name + ".tmp").write_text(
+                    Path(children[0]["ready-file"]).read_text())
+                os.replace(ready.with_name(ready.name + ".tmp"), ready)
             while not stop.wait(0.2):
                 if any(p.poll() is not None for p in procs):
                     print("zps-server: a process of the group exited; stopping the others",

@@ -131,7 +131,7 @@ class ClientBase:
         planner = self._engine.planner
         wanted = planner.wanted(names if names is not None or out is None else list(out))
         layout = planner.need_layout()
-        host_out, device_out = split_out(out)
+        host_out, device_out = split_out(out, layout.specs)
         call = Call(Op.PULL, planner.messages(Op.PULL, layout, wanted),
                     planner.outputs(wanted, host_out), delta=self._engine.held is not None)
         return on_device(call, resolve(device), device_out)
@@ -144,7 +144,7 @@ class ClientBase:
         layout = planner.need_layout()
         if op == Op.PUSH and out is not None:
             raise ConfigError("push returns nothing: give out= to push_pull or pull")
-        host_out, device_out = split_out(out)
+        host_out, device_out = split_out(out, layout.specs)
         results = planner.outputs(list(arrays), host_out) if op == Op.PUSH_PULL else {}
         messages = planner.messages(op, layout, list(arrays), arrays,
                                     push_options(loss, weight))

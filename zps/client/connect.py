@@ -38,10 +38,11 @@ class Connecting:
         self._decided: set[int] = set()
         self._groups: dict[tuple[int, int], list[str]] = {}  # (shard, slot) -> its group
         self._heard: dict[int, float] = {}  # shard -> when its first answer came
+        self._held: Exception | None = None  # a layout conflict, until groups are known
 
     def next_deadline(self) -> float:
         settles = [t + SETTLE for s, t in self._first_primary.items() if s not in self._decided]
-        if self._groups:
+        if self._groups or self._held:
             settles += [t + SETTLE for t in self._heard.values()]
         return min([self.deadline, *settles])
 
@@ -59,8 +60,16 @@ class Connecting:
             self._regroup_when_due(now)
             return
         if reply.error is not None:
-            self._fail(remote_error(reply.error[0], f"hello failed: {reply.error[1]}",
-                                    engine.endpoints[2 * shard + slot]))
+            error = remote_error(reply.error[0], f"hello failed: {reply.error[1]}",
+                                 engine.endpoints[2 * shard + slot])
+            if reply.error[0] == "conflict" and not engine.groups:
+                # Maybe only because another server is a --procs group not yet placed
+                # over (this layout is about to change): decided once all have answered.
+                self._held = self._held or error
+                self._heard.setdefault(shard, now)
+                self._regroup_when_due(now)
+                return
+            self._fail(error)
             return
         self._answers.setdefault(shard, {})[slot] = reply.info
         if _primary(reply.info) or not engine.has_standby(shard):
@@ -74,7 +83,7 @@ class Connecting:
         """Some servers are --procs groups: ``Regroup`` once every shard's first server
         answered, and its standby too or ``SETTLE`` passed (a standby down does not keep
         the client from connecting: the group's other processes then have none)."""
-        if not self._groups or self.call.done:
+        if not (self._groups or self._held) or self.call.done:
             return
         engine = self.engine
         waiting = {shard for shard, _ in self.asked.values()}
@@ -82,6 +91,10 @@ class Connecting:
             if shard in waiting and (shard not in self._heard
                                      or now < self._heard[shard] + SETTLE):
                 return
+        if not self._groups:
+            assert self._held is not None
+            self._fail(self._held)  # no group: the conflict is real
+            return
         try:
             found = regrouped(engine.servers, engine.standbys, self._groups)
         except ConfigError as exc:
@@ -168,12 +181,23 @@ def regrouped(servers: list[str], standbys: list[str],
     """The server and standby lists with each group in place of the address given for it
     (in the group's order, wildcard hosts as the address given), and each member's group.
     ``ConfigError`` if a standby group's size differs from its primary group's."""
-    wide, standby_wide, groups = [], [], {}
+    wide: list[str] = []
+    standby_wide: list[str] = []
+    groups: dict[str, list[str]] = {}
     for shard, address in enumerate(servers):
+        if address in wide:
+            continue  # listed as a member of a group placed already
         group = [public_endpoint(a, address) for a in found.get((shard, 0), [address])]
         standby = standbys[shard]
         others = [public_endpoint(a, standby) for a in found[(shard, 1)]] \
             if standby and (shard, 1) in found else [standby] + [""] * (len(group) - 1)
+        if (shard, 0) not in found and len(others) > 1:
+            # The primary group is down and its standby group took over: its processes
+            # 1.. serve their shards now, with no standby behind them.
+            group, others = [address, *others[1:]], [others[0]] + [""] * (len(others) - 1)
+        elif standby and (shard, 1) not in found and len(group) > 1:
+            log.warning("the standby %s did not answer in time: the other processes of "
+                        "the group of %s have no standby for this client", standby, address)
         if len(others) != len(group):
             raise ConfigError(f"the standby {standby} is a group of {len(others)} processes "
                               f"and its primary {address} of {len(group)}: start both with "

@@ -400,7 +400,7 @@ class Engine:
         if error is None:
             try:
                 call.value = call.finish(call) if call.finish is not None else call.out
-            except ZpsError as exc:
+            except Exception as exc:  # (a device copy failing, too: the call's error)
                 error = exc
         call.error, call.done = error, True
         self.metrics.done(call.op, call.started, self._now, error is not None)

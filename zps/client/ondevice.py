@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zps.devices import array_module, from_host, namespace
-from zps.errors import ConfigError
+from zps.devices import array_module, dtype_name, from_host, namespace
+from zps.errors import ConfigError, ShapeMismatchError
 
 if TYPE_CHECKING:
     from zps.client.calls import Call
@@ -33,12 +33,23 @@ def resolve(device: str | ModuleType | None) -> ModuleType | None:
     return None if xp is np else xp
 
 
-def split_out(out: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """``out=`` as (host arrays the replies fill, device arrays filled afterwards)."""
+def split_out(out: Mapping[str, Any] | None, specs: Mapping[str, Any],
+              ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """``out=`` as (host arrays the replies fill, device arrays filled afterwards); a
+    device array not of its table's shape and dtype is refused before anything is sent
+    (``ShapeMismatchError``; the host arrays are checked by ``Planner.outputs``)."""
     if out is None:
         return None, {}
     host = {n: a for n, a in out.items() if namespace(a) is None}
     device = {n: a for n, a in out.items() if namespace(a) is not None}
+    for name, array in device.items():
+        spec = specs.get(name)
+        if spec is not None and (tuple(array.shape) != spec.shape
+                                 or dtype_name(array) != spec.dtype.name):
+            raise ShapeMismatchError(
+                "shape_mismatch", f"out[{name!r}] must be a {spec.dtype} array of shape "
+                                  f"{list(spec.shape)}, got {dtype_name(array)}"
+                                  f"{list(array.shape)}")
     return (host if host or not device else None), device
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
@@ -78,6 +79,7 @@ class Planner:
     def set_codec(self, names: Iterable[str], spec: str, error_feedback: bool = True) -> None:
         """Push the tables ``names`` through codec ``spec`` (each with its own error
         feedback) instead of the client's; ``ConfigError`` for a bad spec."""
+        names = list(names)
         try:
             codec = make_codec(spec)
         except CodecError as exc:
@@ -85,6 +87,8 @@ class Planner:
         feedback = ErrorFeedback(codec, np) if error_feedback and not codec.lossless else None
         for name in names:
             self._codecs[name] = (codec, feedback)
+        for key in [k for k in self._device_feedback if k[0] in names]:
+            del self._device_feedback[key]  # device residuals of the old codec
 
     # ------------------------------------------------------------ tables
 
@@ -309,7 +313,8 @@ def device_array(xp: ModuleType, value: Any, dtype: np.dtype) -> Any:
     """A delta on its device, as the table's dtype (a CUDA torch tensor taken as CuPy)."""
     array = as_device_array(value, xp)
     if dtype_name(array) != dtype.name:
-        array = xp.astype(array, getattr(xp, dtype.name))
+        standard = array_api_compat.array_namespace(array)  # (cupy.astype: CuPy 14+ only)
+        array = standard.astype(array, getattr(standard, dtype.name))
     return array
 
 
@@ -331,7 +336,7 @@ def _message(op: Op, parts: tuple[Part, ...], arrays: Mapping[str, np.ndarray] |
     if arrays is None:
         return Message(parts[0].server, op, parts, names=tuple(p.key for p in parts),
                        options=options)
-    pieces = tuple(arrays[p.table] if p.whole else arrays[p.table][p.start:p.stop]
+    pieces = tuple(arrays[p.table] if p.whole else arrays[p.table][p.start:p.stop, ...]
                    for p in parts)
     return Message(parts[0].server, op, parts, metas, pieces, options=options)
 

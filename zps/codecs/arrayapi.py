@@ -21,6 +21,7 @@ from zps.codecs.base import Codec, Encoded
 
 FP16_MAX = float(np.finfo(np.float16).max)
 INT8_MAX = 127
+TOPK_MAX = int(np.iinfo(np.int32).max)  # topk's indices travel as int32
 BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' order: the first value high
 
 
@@ -48,7 +49,11 @@ def encode_feedback(codec: Codec, residuals: dict[str, Any], name: str, delta: A
         if not bool(xp.all(xp.isfinite(total))):  # two finite values overflowed: saturate
             limit = float(np.finfo(_dtype(total)).max)
             total = xp.clip(total, -limit, limit)
-    encoded, decoded = _encode(codec, total, feedback=True)
+    try:
+        encoded, decoded = _encode(codec, total, feedback=True)
+    except ValueError:
+        residuals[name] = total  # refused (beyond float32 for int8, sign): kept for later
+        raise
     residuals[name] = total - decoded
     return encoded
 
@@ -150,6 +155,9 @@ def _sign(xp: Any, codec: Any, values: Any) -> tuple[tuple[Any, ...], Any]:
 
 def _topk(xp: Any, codec: Any, values: Any) -> tuple[tuple[Any, ...], Any]:
     size = values.shape[0]
+    if size > TOPK_MAX:
+        raise ValueError(f"topk encodes tensors of at most {TOPK_MAX} values (int32 "
+                         f"indices), got {size}")
     k = codec.k_for(size)
     order = xp.argsort(-xp.abs(values), stable=True)  # ties: the lower index first
     rank = xp.argsort(order, stable=True)  # where each value stands in that order

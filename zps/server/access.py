@@ -27,7 +27,7 @@ ALLOWED: dict[str, frozenset[Op]] = {
 HELLO_ROLES: dict[str, frozenset[str]] = {
     "observer": frozenset({"observer"}),
     "worker": frozenset({"worker", "observer"}),
-    "standby": frozenset({"standby"}),
+    "standby": frozenset({"standby", "observer"}),  # (a --procs standby asks the group)
 }
 
 
