@@ -68,3 +68,15 @@ def test_cuda_torch_tensors_pass_through_dlpack(start_server: Any, cupy: Any) ->
         got = ps.push_pull({"w": delta})["w"]
         assert isinstance(got, cupy.ndarray)
         np.testing.assert_allclose(cupy.asnumpy(got), 1.0, atol=0.02)
+
+
+def test_encoded_parts_reach_the_host_through_pinned_memory(cupy: Any) -> None:
+    from zps.devices import HostCopies
+
+    copies = HostCopies(cupy)
+    parts = [cupy.arange(n, dtype=cupy.float32) for n in (10, 100_000)]
+    hosts = [copies.add(p) for p in parts]
+    copies.wait()
+    for part, host in zip(parts, hosts, strict=True):
+        assert isinstance(host, np.ndarray)
+        np.testing.assert_array_equal(host, cupy.asnumpy(part))

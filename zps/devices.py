@@ -91,6 +91,51 @@ def to_host(xp: ModuleType, array: Any) -> np.ndarray:
     return np.ascontiguousarray(np.from_dlpack(array))
 
 
+class HostCopies:
+    """Device-to-host copies of one message's encoded parts. With CuPy each part goes into
+    pinned host memory (CuPy's pinned pool: reused, and given back once the message no
+    longer needs it) on a copy stream of its own, after the encoding that made it: the
+    copy of one part overlaps the encoding of the next, and ``wait()`` blocks once per
+    message. Other namespaces copy at once."""
+
+    def __init__(self, xp: ModuleType) -> None:
+        self.xp = xp
+        self._cupy = hasattr(xp, "cuda") and hasattr(xp, "asnumpy")
+        self._pending: list[Any] = []  # device parts alive until their copy is done
+        self._stream: Any = None
+
+    def add(self, array: Any) -> np.ndarray:
+        """A host array that holds ``array`` once ``wait()`` returned."""
+        if not self._cupy:
+            return to_host(self.xp, array)
+        import cupyx  # type: ignore[import-not-found]
+
+        cuda = self.xp.cuda
+        if self._stream is None:
+            self._stream = _copy_stream(cuda)
+        self._stream.wait_event(cuda.get_current_stream().record())  # after its encode
+        pinned = cupyx.empty_pinned(array.shape, dtype=array.dtype)
+        array.get(stream=self._stream, out=pinned)  # asynchronous, on the copy stream
+        self._pending.append(array)
+        return pinned  # type: ignore[no-any-return]
+
+    def wait(self) -> None:
+        if self._stream is not None:
+            self._stream.synchronize()
+        self._pending.clear()
+
+
+_COPY_STREAMS: dict[int, Any] = {}
+
+
+def _copy_stream(cuda: Any) -> Any:
+    """One copy stream per device, made on first use."""
+    device = cuda.Device().id
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = cuda.Stream(non_blocking=True)
+    return _COPY_STREAMS[device]
+
+
 def host_copy(array: Any) -> Any:
     """``array`` on the host (device arrays copied once; anything else as it is)."""
     xp = namespace(array)

@@ -20,7 +20,7 @@ import numpy as np
 from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
 from zps.codecs import Codec, CodecError, ErrorFeedback, arrayapi, make_codec
 from zps.config import ClientConfig
-from zps.devices import as_device_array, dtype_name, host_copy, namespace, to_host
+from zps.devices import HostCopies, as_device_array, dtype_name, host_copy, namespace
 from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
 from zps.protocol import DTYPES, EncodedMeta, Op, TensorMeta
 
@@ -210,6 +210,7 @@ class Planner:
         array on its device, with only the encoded parts then copied to the host)."""
         metas: list[EncodedMeta] = []
         buffers: list[Any] = []
+        copies: HostCopies | None = None
         for part, piece in zip(message.parts, message.buffers, strict=True):
             xp = namespace(piece)
             codec, feedback = self._codec_of(part.table, xp)
@@ -217,11 +218,16 @@ class Planner:
                 encoded = feedback.encode(part.key, piece)
             else:
                 encoded = codec.encode(np, piece) if xp is None else arrayapi.encode(codec, piece)
-            parts = encoded.parts if xp is None else tuple(to_host(xp, p) for p in encoded.parts)
+            parts = encoded.parts
+            if xp is not None:  # copied while the next part is encoded
+                copies = copies or HostCopies(xp)
+                parts = tuple(copies.add(p) for p in parts)
             metas.append(EncodedMeta(part.key, encoded.codec, encoded.params, encoded.dtype,
                                      encoded.shape,
                                      tuple((str(p.dtype), int(p.nbytes)) for p in parts)))
             buffers.extend(parts)
+        if copies is not None:
+            copies.wait()
         return Message(message.server, message.op, message.parts, (), tuple(buffers),
                        message.names, message.options, tuple(metas))
 
