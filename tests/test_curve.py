@@ -205,7 +205,7 @@ def test_curve_standby_replicates_and_takes_over(tmp_path: Path, keys: Path) -> 
 
 def test_curve_flag_mistakes_are_one_line(keys: Path) -> None:
     for args, message in (
-        (["--curve-key", str(keys / "server.key_secret")], "needs both --curve-key"),
+        (["--curve-authorized", str(keys / "authorized")], "needs --curve-key"),
         (["--curve-key", str(keys / "server.key"), "--curve-authorized",
           str(keys / "authorized")], "holds only a public key"),
         (["--curve-key", str(keys / "server.key_secret"), "--curve-authorized", str(keys)],
@@ -254,3 +254,11 @@ def test_keygen_cli_prints_fingerprints(tmp_path: Path) -> None:
         run_cli("zps.cli.zps_main", "keygen", str(tmp_path / "k"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("SHA256:") == 3 and "authorized as standby" in done.stdout
+
+
+def test_one_flag_turns_curve_on_with_the_keygen_layout(start_server, keys: Path) -> None:
+    server = start_server(mode="async", curve_key=str(keys / "server.key_secret"))
+    with client(server, keys, "worker") as ps:
+        assert ps.stats()
+    with pytest.raises(zps.ServerUnreachable, match="handshake"):
+        client(server, keys, None, connect_timeout=0.5)

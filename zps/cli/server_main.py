@@ -73,7 +73,8 @@ OPTIONS = (
            "turn CURVE on: this server's key pair file (server.key_secret from `zps keygen`)"),
     Option("curve-authorized", str, "",
            "with --curve-key: the folder of public keys allowed in, by role "
-           "(workers/, standbys/, observers/; `zps keygen DIR` writes DIR/authorized)"),
+           "(workers/, standbys/, observers/; default: authorized/ beside the key file, "
+           "where `zps keygen DIR` writes it)"),
     Option("curve-server-key", str, "",
            "a standby's CURVE: its primary's public key (default: the public half of "
            "--curve-key, for servers sharing one key pair)"),

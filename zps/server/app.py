@@ -147,14 +147,17 @@ class Server:
         cfg = self.config
         if not cfg.curve_key and not cfg.curve_authorized:
             return
-        if not cfg.curve_key or not cfg.curve_authorized:
-            raise ConfigError("CURVE needs both --curve-key FILE (this server's key pair) and "
-                              "--curve-authorized DIR (the public keys allowed in, by role); "
-                              "`zps keygen DIR` writes both")
+        # By default the authorized keys are where `zps keygen` put them: beside the pair.
+        authorized = Path(cfg.curve_authorized) if cfg.curve_authorized else \
+            Path(cfg.curve_key).parent / "authorized"
+        if not cfg.curve_key or not (cfg.curve_authorized or authorized.is_dir()):
+            raise ConfigError("CURVE needs --curve-key FILE (this server's key pair) and the "
+                              "public keys allowed in, by role: --curve-authorized DIR, or "
+                              "an authorized/ folder beside the key, as `zps keygen` writes")
         self._curve = load_pair(cfg.curve_key, "--curve-key")
-        self._zap = ZapHandler(self._context, Path(cfg.curve_authorized), self.core.counters)
+        self._zap = ZapHandler(self._context, authorized, self.core.counters)
         log.info("CURVE on: key %s, %d authorized keys in %s", fingerprint(self._curve.public),
-                 len(self._zap.keys), cfg.curve_authorized)
+                 len(self._zap.keys), authorized)
 
     def _client_curve(self) -> dict[str, int | bytes]:
         """Socket options of this standby's own connections to its primary."""
