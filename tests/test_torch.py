@@ -151,7 +151,6 @@ def test_the_mnist_example_on_four_workers_reaches_its_single_process_accuracy(
     assert accuracies.pop() >= alone["test_accuracy"] - 0.015 >= 0.95
 
 
-@pytest.mark.timeout(400)
 # ---------------------------------------------------------------- in one process
 
 
