@@ -29,7 +29,7 @@ def resolve(device: str | ModuleType | None) -> ModuleType | None:
         return None if device is np else device
     if not isinstance(device, str):
         raise ConfigError(f"device= must be 'cpu', 'cuda' or an array module, not {device!r}")
-    xp = array_module(device if device != "auto" else "auto")
+    xp = array_module(device)
     return None if xp is np else xp
 
 
