@@ -137,10 +137,13 @@ def discard_rest(sock: zmq.Socket) -> None:
 
 
 def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
-    """Receive one multipart message as zero-copy frames; ``zmq.Again`` if none is queued."""
-    frames = [_recv(sock, _NOBLOCK, False, False)]
-    while _get(sock, _RCVMORE):
-        frames.append(_recv(sock, _NOBLOCK, False, False))
+    """Receive one multipart message as zero-copy frames; ``zmq.Again`` if none is queued.
+    (A received frame says whether more follow: no RCVMORE option call per frame.)"""
+    frame = _recv(sock, _NOBLOCK, False, False)
+    frames = [frame]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, False, False)
+        frames.append(frame)
     return frames
 
 
