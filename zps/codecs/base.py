@@ -180,6 +180,16 @@ def feedback_view(buf: Any) -> Any:
     return buf.reshape(-1)
 
 
+def feedback_inputs(buf: Any, delta: Any) -> tuple[Any, Any]:
+    """``encode_feedback``'s arguments as 1-D views: the buffer it writes through (checked
+    by ``feedback_view``) and the delta (None, or checked to match it)."""
+    values = feedback_view(buf)
+    if delta is not None:
+        check_delta(buf, delta)
+        delta = flat(delta)
+    return values, delta
+
+
 def out_view(out: np.ndarray) -> np.ndarray:
     """A 1-D view of a decode target; ``ValueError`` if it is not C-contiguous (a reshaped
     copy would take the update and drop it)."""

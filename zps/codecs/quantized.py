@@ -19,8 +19,7 @@ import numpy as np
 from zps.codecs.base import (
     Encoded,
     accumulate,
-    check_delta,
-    feedback_view,
+    feedback_inputs,
     flat,
     out_view,
     require_finite,
@@ -62,10 +61,7 @@ class Int8Codec:
     def encode_feedback(self, xp: ModuleType, buf: Any, delta: Any = None) -> Encoded:
         """``buf`` (plus ``delta``) quantized, rounding to nearest; ``buf`` is left holding
         ``buf - s * q`` (see ``FeedbackCodec``)."""
-        values = feedback_view(buf)
-        if delta is not None:
-            check_delta(buf, delta)
-            delta = flat(delta)
+        values, delta = feedback_inputs(buf, delta)
         kernels = feedback_kernels(xp, values, delta, _int8_fits)
         if kernels is not None:
             q, scales = np.empty(values.size, np.int8), self._scales(values.size)
@@ -175,10 +171,7 @@ class SignCodec:
     def encode_feedback(self, xp: ModuleType, buf: Any, delta: Any = None) -> Encoded:
         """As ``encode`` (of ``buf`` plus ``delta``); ``buf`` is left holding
         ``buf - s * sign(buf)`` (see ``FeedbackCodec``)."""
-        values = feedback_view(buf)
-        if delta is not None:
-            check_delta(buf, delta)
-            delta = flat(delta)
+        values, delta = feedback_inputs(buf, delta)
         kernels = feedback_kernels(xp, values, delta, _sign_fits)
         if kernels is not None:
             bits, scales = self._parts(values.size)

@@ -11,8 +11,7 @@ import numpy as np
 from zps.codecs.base import (
     Encoded,
     accumulate,
-    check_delta,
-    feedback_view,
+    feedback_inputs,
     flat,
     out_view,
     require_finite,
@@ -116,10 +115,7 @@ class TopKCodec:
     def encode_feedback(self, xp: ModuleType, buf: Any, delta: Any = None) -> Encoded:
         """As ``encode`` (of ``buf`` plus ``delta``); ``buf`` is left holding itself with
         the sent values zeroed (see ``FeedbackCodec``)."""
-        values = feedback_view(buf)
-        if delta is not None:
-            check_delta(buf, delta)
-            delta = flat(delta)
+        values, delta = feedback_inputs(buf, delta)
         kernels = feedback_kernels(xp, values, delta, lambda bound: True)
         if kernels is not None and 0 < self.k_for(values.size) < values.size <= MAX_SIZE:
             found = _top_compiled(kernels, values, delta, self.k_for(values.size), values)
