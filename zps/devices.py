@@ -64,7 +64,8 @@ def _cupy_installed() -> bool:
 def namespace(array: Any) -> ModuleType | None:
     """The array-API namespace of a device array, or None for what NumPy takes directly
     (NumPy arrays, lists, scalars, CPU torch tensors)."""
-    if isinstance(array, np.ndarray | np.generic | int | float | list | tuple):
+    if type(array) is np.ndarray or isinstance(
+            array, np.ndarray | np.generic | int | float | list | tuple):
         return None
     if _is_cuda_torch(array) or array_api_compat.is_cupy_array(array):
         import cupy  # (a cupy.ndarray has no __array_namespace__)

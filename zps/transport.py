@@ -33,6 +33,7 @@ _NOBLOCK_MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 _get: Callable[[zmq.Socket, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
+set_option: Callable[[zmq.Socket, int, int], None] = zmq.backend.Socket.set  # type: ignore[assignment]
 
 # Frames at least this large are sent zero-copy; smaller ones are cheaper to copy.
 ZERO_COPY_BYTES = 64 * 1024
@@ -119,6 +120,12 @@ def recv_frame(sock: zmq.Socket) -> zmq.Frame:
     return _recv(sock, _NOBLOCK, False, False)
 
 
+def recv_waiting(sock: zmq.Socket) -> zmq.Frame:
+    """Wait (up to the socket's RCVTIMEO) for the first frame of a message, zero-copy
+    (``zmq.Again`` when the time is up)."""
+    return _recv(sock, 0, False, False)
+
+
 def recv_frame_into(sock: zmq.Socket, buffer: Any) -> int:
     """Receive the next frame straight into ``buffer`` (contiguous, writable); returns the
     frame's size, which differs from ``buffer``'s when the frame did not fit exactly."""
@@ -166,6 +173,7 @@ class LoopSocket:
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._scheduled = False
         self._closed = False
+        self._draining = False
         self._loop.add_reader(self._fd, self._drain)
         self._schedule()  # messages may already be queued
 
@@ -176,8 +184,9 @@ class LoopSocket:
             send_frames(sock, frames)
         finally:
             # Sending may have consumed the descriptor's wake-up for a message that arrived
-            # meanwhile: look now, and drain on the next turn only if something is waiting.
-            if readable(sock):
+            # meanwhile: look now, and drain on the next turn only if something is waiting
+            # (while draining, the drain's next receive looks anyway).
+            if not self._draining and readable(sock):
                 self._schedule()
 
     def _schedule(self) -> None:
@@ -196,18 +205,24 @@ class LoopSocket:
                     log.exception("error reading from a socket")
             return
         assert self._on_message is not None
-        for _ in range(DRAIN_BATCH):
-            if self._closed or not readable(sock):
-                return
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
-                return
-            try:
-                self._on_message(frames)
-            except Exception:  # a failing handler must not strand the messages behind it
-                log.exception("error handling a message; dropped it")
-        self._schedule()  # more are waiting: after the loop's other callbacks
+        # Receive until there is nothing (no option call first: a receive that finds a
+        # message makes no system call, and one that finds none re-arms the descriptor).
+        self._draining = True
+        try:
+            for _ in range(DRAIN_BATCH):
+                if self._closed:
+                    return
+                try:
+                    frames = recv_frames(sock)
+                except zmq.Again:
+                    return
+                try:
+                    self._on_message(frames)
+                except Exception:  # a failing handler must not strand the messages behind it
+                    log.exception("error handling a message; dropped it")
+        finally:
+            self._draining = False
+        self._schedule()  # more may be waiting: after the loop's other callbacks
 
     def close(self, linger: float = 0.0) -> None:
         """Stop watching the socket and close it, giving queued messages ``linger`` s."""

@@ -6,10 +6,8 @@ every update, retries and deadlines, registering again when a server forgot this
 failover to a shard's standby, and the copies delta pulls start from. It never touches a
 socket: the blocking ``Client`` and the ``AsyncClient`` feed it replies and the time, and
 send what it queues (``take_sends``). Both therefore behave the same by construction, and a
-call is a handle that completes whenever its replies are in.
-
-Endpoints are numbered ``2 * shard + slot``: slot 0 is the server given for the shard,
-slot 1 its standby.
+call is a handle that completes whenever its replies are in. Endpoints are numbered
+``2 * shard + slot``: slot 0 is the server given for the shard, slot 1 its standby.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ from zps.errors import (
     ZpsError,
     remote_error,
 )
-from zps.protocol import UPDATE_OPS, Op, Reply, Request, encode_request
+from zps.protocol import REPLY_DTYPES, UPDATE_OPS, Op, Reply, Request, RequestEncoder
 
 log = logging.getLogger("zps.client")
 
@@ -56,6 +54,7 @@ HANDOVER_ERRORS = ("not_primary", "shutting_down")  # the shard is changing hand
 HEARTBEAT_IDS = 1 << 62  # heartbeats never meet the request ids the servers track
 ID_WINDOW = 1 << 15  # unfinished request ids a client keeps above its watermark
 DATA_OPS = (Op.INIT, Op.PULL, Op.PUSH_PULL)  # replies that carry table values
+DTYPES = {name: np.dtype(name) for name in REPLY_DTYPES}  # (dtype.name is slow to ask)
 
 
 class Engine:
@@ -97,6 +96,7 @@ class Engine:
         self._delta_call: Call | None = None
         self._delta_waiting: deque[Call] = deque()
         self._sends: list[Send] = []
+        self._encoder = RequestEncoder()  # each kind of request's header packed once
         self._now = 0.0  # the time of the latest event
 
     # ------------------------------------------------------------ shells' side
@@ -111,7 +111,7 @@ class Engine:
         return self.endpoints[2 * shard + self.active[shard]]
 
     def has_standby(self, shard: int) -> bool:
-        return bool(self.standbys[shard])
+        return bool(self.standbys[shard])  # (slot 1 of the shard has an address)
 
     def next_deadline(self) -> float | None:
         """When ``expire`` must run next (None: nothing is waiting on time)."""
@@ -140,7 +140,7 @@ class Engine:
         sends = []
         for shard in range(len(self.servers)):
             self._heartbeat_id += 1
-            sends.append((2 * shard + self.active[shard], encode_request(
+            sends.append((2 * shard + self.active[shard], self._encoder.frames(
                 Request(Op.HEARTBEAT, self.client_id, self._heartbeat_id))))
         return sends
 
@@ -230,7 +230,7 @@ class Engine:
             return ()
         views = tuple(place(pending.call.out, part) for part in parts)
         for meta, view in zip(reply.tensors, views, strict=True):
-            if meta.dtype != view.dtype.name or meta.shape != view.shape \
+            if view.dtype != DTYPES[meta.dtype] or meta.shape != view.shape \
                     or not view.flags.c_contiguous:
                 return ()
         return views
@@ -378,9 +378,9 @@ class Engine:
             assert self.held is not None
             options = self.held.options(message, pending.whole)
         watermark = next(iter(self._inflight)) if message.op in UPDATE_OPS else None
-        return encode_request(Request(message.op, self.client_id, pending.rid, message.tensors,
-                                      message.names, options, message.buffers, message.encoded,
-                                      watermark))
+        return self._encoder.frames(Request(
+            message.op, self.client_id, pending.rid, message.tensors, message.names, options,
+            message.buffers, message.encoded, watermark))
 
     def in_flight(self, shard: int) -> list[Pending]:
         """The requests in flight to ``shard``."""

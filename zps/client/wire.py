@@ -23,27 +23,36 @@ log = logging.getLogger("zps.client")
 
 
 def read_replies(sock: zmq.Socket, endpoint: int, engine: Engine, limits: Limits,
-                 now: float) -> None:
-    """Hand every reply queued on ``sock`` (from ``endpoint``) to ``engine``."""
-    while readable(sock):
+                 now: float, first: zmq.Frame | None = None) -> None:
+    """Hand every reply queued on ``sock`` (from ``endpoint``) to ``engine``; ``first``:
+    the first frame of the first one, already received."""
+    while True:
         try:
-            header = decode_reply_header(recv_frame(sock), limits)
+            frame, first = recv_frame(sock) if first is None else first, None
+            header = decode_reply_header(frame, limits)
         except zmq.Again:
             return
         except ProtocolError as exc:
             discard_rest(sock)
             log.warning("dropped a malformed reply from %s: %s", engine.endpoints[endpoint],
                         exc)
-            continue
-        sinks = engine.sinks(endpoint, header)
-        got = _read_buffers(sock, header, sinks)
-        if got is None:
-            log.warning("dropped a reply from %s whose arrays do not match its header",
-                        engine.endpoints[endpoint])
-            continue
-        buffers, filled = got
-        engine.receive(endpoint, Reply(header.request_id, header.tensors, header.info,
-                                       header.error, buffers, header.encoded), now, filled)
+            header = None
+        if header is not None:
+            _take(sock, endpoint, engine, header, now)
+        if not readable(sock):  # (which also re-arms the descriptor)
+            return
+
+
+def _take(sock: zmq.Socket, endpoint: int, engine: Engine, header: Reply, now: float) -> None:
+    sinks = engine.sinks(endpoint, header)
+    got = _read_buffers(sock, header, sinks)
+    if got is None:
+        log.warning("dropped a reply from %s whose arrays do not match its header",
+                    engine.endpoints[endpoint])
+        return
+    buffers, filled = got
+    engine.receive(endpoint, Reply(header.request_id, header.tensors, header.info,
+                                   header.error, buffers, header.encoded), now, filled)
 
 
 def _read_buffers(sock: zmq.Socket, header: Reply,

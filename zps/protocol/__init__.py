@@ -3,6 +3,7 @@ for requests, replies and the replication stream."""
 
 from zps.protocol.fields import DEFAULT_LIMITS, DecodeError, Limits, frame_sizes
 from zps.protocol.framing import (
+    RequestEncoder,
     decode_reply,
     decode_reply_header,
     decode_request,
@@ -13,6 +14,7 @@ from zps.protocol.messages import (
     DTYPES,
     PART_DTYPES,
     PROTOCOL_VERSION,
+    REPLY_DTYPES,
     ROW_OPS,
     UPDATE_OPS,
     Beat,
@@ -34,6 +36,7 @@ __all__ = [
     "DTYPES",
     "PART_DTYPES",
     "PROTOCOL_VERSION",
+    "REPLY_DTYPES",
     "ROW_OPS",
     "UPDATE_OPS",
     "Beat",
@@ -45,6 +48,7 @@ __all__ = [
     "Replicated",
     "Reply",
     "Request",
+    "RequestEncoder",
     "TensorMeta",
     "as_array",
     "decode_reply",

@@ -47,8 +47,10 @@ from zps.protocol.messages import (
     Request,
     TensorMeta,
 )
+from zps.protocol.templates import TemplateCache, prefix, suffix
 
 _OPS: dict[str, Op] = {op.value: op for op in Op}
+PREFIXES_KEPT = 256  # kinds of request a client keeps packed
 _DATA_OPS = TENSOR_OPS | NAME_OPS
 
 
@@ -56,15 +58,42 @@ _DATA_OPS = TENSOR_OPS | NAME_OPS
 
 
 def encode_request(request: Request) -> list[Any]:
-    """Frames for ``request``: the msgpack header, then its buffers unchanged (zero-copy)."""
+    """Frames for ``request``: the msgpack header (in template form: its id and watermark
+    last, fixed width), then its buffers unchanged (zero-copy)."""
+    return [request_prefix(request) + suffix(request.request_id, request.watermark),
+            *request.buffers]
+
+
+class RequestEncoder:
+    """``encode_request`` for a client: the prefix of each kind of request it sends without
+    options (pushes, pulls of the same tables step after step) is packed once."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[Any, ...], bytes] = {}
+
+    def frames(self, request: Request) -> list[Any]:
+        if request.options or request.encoded:  # (a loss, codec scales: new each call)
+            head = request_prefix(request)
+        else:
+            key = (request.op, request.client_id, request.tensors, request.names,
+                   request.watermark is not None)
+            found = self._known.get(key)
+            if found is None:
+                if len(self._known) >= PREFIXES_KEPT:
+                    self._known.clear()
+                found = self._known[key] = request_prefix(request)
+            head = found
+        return [head + suffix(request.request_id, request.watermark), *request.buffers]
+
+
+def request_prefix(request: Request) -> bytes:
+    """The header of ``request`` without its id and watermark, which ``suffix`` appends:
+    the same for every request of one kind (``zps.protocol.templates``)."""
     header: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
         "op": str(request.op),
         "c": request.client_id,
-        "r": request.request_id,
     }
-    if request.watermark is not None:
-        header["w"] = request.watermark
     if request.tensors:
         header["t"] = [meta_to_wire(m) for m in request.tensors]
     if request.names:
@@ -73,7 +102,7 @@ def encode_request(request: Request) -> list[Any]:
         header["z"] = encoded_to_wire(request.encoded)
     if request.options:
         header["o"] = request.options
-    return [msgpack.packb(header), *request.buffers]
+    return prefix(header, request.watermark is not None)
 
 
 def encode_reply(reply: Reply) -> list[Any]:
@@ -93,13 +122,26 @@ def encode_reply(reply: Reply) -> list[Any]:
 # ---------------------------------------------------------------- requests
 
 
-def decode_request(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Request:
-    """Validate ``frames`` and build the ``Request`` they carry.
+def decode_request(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS,
+                   templates: TemplateCache | None = None) -> Request:
+    """Validate ``frames`` and build the ``Request`` they carry (with ``templates``, a
+    header whose prefix was validated before is checked only where it differs).
 
     Raises ``DecodeError`` (a ``ProtocolError``) for any malformed input, and nothing else.
     """
     if not frames:
         raise DecodeError("bad_frames", "empty message: expected a header frame")
+    if templates is not None:
+        known = templates.decode(frames)
+        if known is not None:
+            return known
+    request = _decode_request(frames, limits)
+    if templates is not None:
+        templates.learn(frames[0], request)
+    return request
+
+
+def _decode_request(frames: Sequence[Any], limits: Limits) -> Request:
     header = unpack_header(frames[0], limits)
     try:
         total = sum(memoryview(f).nbytes for f in frames)

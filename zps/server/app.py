@@ -29,6 +29,7 @@ from zps.curve import (
 from zps.errors import ConfigError, ProtocolError
 from zps.exposition import MetricsEndpoint
 from zps.protocol import DecodeError, Op, decode_request, encode_reply
+from zps.protocol.templates import TemplateCache
 from zps.server.checkpoints import Checkpoints, check_writable
 from zps.server.core import ServerCore
 from zps.server.follower import Follower
@@ -74,6 +75,7 @@ class Server:
         self._curve: KeyPair | None = None
         self._zap: ZapHandler | None = None
         self._started: dict[tuple[bytes, int | None], tuple[str, float]] = {}  # latency
+        self._templates = TemplateCache()  # request headers validated before
         self.failed = ""  # why the server stopped on its own (empty: it did not)
         self.address = ""
 
@@ -323,7 +325,7 @@ class Server:
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
         try:
-            request = decode_request(frames[1:], self.config.limits)
+            request = decode_request(frames[1:], self.config.limits, self._templates)
         except DecodeError as exc:
             self._send_all([self.core.error(peer, exc.request_id, exc.code, str(exc))])
             return

@@ -1,0 +1,148 @@
+"""Request headers as templates: the server's cache of validated prefixes decides exactly
+what the ordinary decoding decides, for valid, malformed and adversarial headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_protocol import header_maps
+from zps.errors import ProtocolError
+from zps.protocol import (
+    PROTOCOL_VERSION,
+    Op,
+    Request,
+    RequestEncoder,
+    TensorMeta,
+    decode_request,
+    encode_request,
+)
+from zps.protocol.templates import MAX_TEMPLATES, TemplateCache, prefix, split, suffix
+
+
+def outcome(frames: list[Any], cache: TemplateCache | None = None) -> Any:
+    """What decoding gives: the request, or the error's code and request id."""
+    try:
+        return decode_request(frames, templates=cache)
+    except ProtocolError as exc:
+        return ("error", exc.code, getattr(exc, "request_id", None))
+
+
+def push(rid: int, watermark: int | None, client: str = "c1") -> list[Any]:
+    value = np.arange(4, dtype=np.float32)
+    return encode_request(Request(Op.PUSH, client, rid, (TensorMeta.of("w", value),),
+                                  buffers=(value.data,), watermark=watermark))
+
+
+def test_a_repeated_push_is_decoded_from_its_template() -> None:
+    cache = TemplateCache()
+    first = decode_request(push(10, 9), templates=cache)
+    second = decode_request(push(11, 10), templates=cache)
+    assert cache.hits == 1
+    assert second == decode_request(push(11, 10))
+    assert (second.request_id, second.watermark) == (11, 10)
+    assert second.tensors == first.tensors and second.client_id == "c1"
+    np.testing.assert_array_equal(second.arrays()["w"], np.arange(4, dtype=np.float32))
+
+
+def test_a_hit_still_checks_the_id_the_watermark_and_the_frames() -> None:
+    cache = TemplateCache()
+    decode_request(push(10, 9), templates=cache)
+    assert outcome(push(11, 12), cache) == outcome(push(11, 12))  # watermark above id
+    assert outcome(push(11, 12), cache)[:2] == ("error", "bad_header")
+    short = push(12, 11)
+    short[1] = b"abc"
+    assert outcome(short, cache) == outcome(short) == ("error", "bad_frames", 12)
+    head = push(13, 1)[0]
+    too_big = [head[:-8] + (2**63).to_bytes(8, "big"), push(13, 1)[1]]
+    assert outcome(too_big, cache)[:2] == ("error", "bad_header")
+
+
+def test_compact_headers_decode_the_ordinary_way() -> None:
+    cache = TemplateCache()
+    value = np.zeros(2, np.float32)
+    frames = [msgpack.packb({"v": PROTOCOL_VERSION, "op": "push", "c": "c1", "r": 3, "w": 3,
+                             "t": [["w", "float32", [2], 8]]}), value.data]
+    for _ in range(3):
+        assert decode_request(frames, templates=cache).request_id == 3
+    assert cache.hits == 0
+
+
+def test_fields_hidden_inside_a_nested_map_are_not_taken_for_the_ids() -> None:
+    # A prefix that ends inside an options map: the trailing "w" and "r" are options, and
+    # the top-level id is the one before them.
+    body = msgpack.packb({"v": PROTOCOL_VERSION, "op": "stats", "c": "c1", "r": 7})
+    head = bytes((body[0] + 1,)) + body[1:] + msgpack.packb("o")[:1] + b"o" + b"\x82"
+    cache = TemplateCache()
+    for rid in (7, 8, 9):
+        frames = [head + suffix(rid, 1)]
+        assert outcome(frames, cache) == outcome(frames)
+    assert cache.hits == 0
+    assert decode_request([head + suffix(9, 1)]).request_id == 7
+
+
+def test_the_cache_is_bounded() -> None:
+    cache = TemplateCache()
+    for i in range(MAX_TEMPLATES + 5):
+        decode_request(push(10, 9, client=f"c{i}"), templates=cache)
+    assert len(cache._known) <= MAX_TEMPLATES
+
+
+def test_a_client_packs_each_kind_of_request_once() -> None:
+    encoder = RequestEncoder()
+    value = np.ones(3, np.float32)
+    make = lambda rid: Request(Op.PUSH, "c1", rid, (TensorMeta.of("w", value),),  # noqa: E731
+                               buffers=(value.data,), watermark=rid - 1)
+    for rid in (5, 6):
+        assert encoder.frames(make(rid))[0] == encode_request(make(rid))[0]
+    assert len(encoder._known) == 1
+    assert split(encoder.frames(make(7))[0])[1:] == (6, 7)
+
+
+ids = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@settings(max_examples=400, deadline=None)
+@given(header_maps, st.lists(st.binary(max_size=16), max_size=3), ids, ids,
+       st.none() | ids, st.none() | ids)
+def test_the_cache_decides_exactly_what_decoding_decides(
+        fields: dict[str, Any], buffers: list[bytes], r1: int, r2: int, w1: int | None,
+        w2: int | None) -> None:
+    fields = {k: v for k, v in fields.items() if k not in ("r", "w")}
+    if (w1 is None) != (w2 is None):
+        w2 = None if w1 is None else w1
+    try:
+        head = prefix(fields, w1 is not None)
+    except (ValueError, OverflowError, TypeError):
+        return
+    cache = TemplateCache()
+    for rid, watermark in ((r1, w1), (r2, w2), (r1, w1)):
+        frames = [head + suffix(rid, watermark), *buffers]
+        assert outcome(frames, cache) == outcome(frames)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=6),
+                       st.lists(st.integers(0, 3), max_size=2), min_size=1, max_size=3),
+       st.sampled_from([Op.PUSH, Op.PUSH_PULL]),
+       st.lists(st.tuples(st.integers(0, 2**63 + 5), st.integers(0, 2**63 + 5)),
+                min_size=1, max_size=4),
+       st.booleans())
+def test_valid_requests_decode_alike_through_the_cache(
+        shapes: dict[str, list[int]], op: Op, ids_seen: list[tuple[int, int]],
+        wrong_size: bool) -> None:
+    arrays = {n: np.zeros(s, np.float32) for n, s in shapes.items()}
+    metas = tuple(TensorMeta.of(n, a) for n, a in arrays.items())
+    buffers = [a.data for a in arrays.values()]
+    if wrong_size:
+        buffers[-1] = b"\x00" * (len(buffers[-1]) + 4)
+    cache = TemplateCache()
+    for rid, watermark in ids_seen:
+        head = prefix({"v": PROTOCOL_VERSION, "op": op.value, "c": "c1",
+                       "t": [[m.name, m.dtype, list(m.shape), m.nbytes] for m in metas]}, True)
+        frames = [head + suffix(rid, watermark), *buffers]
+        assert outcome(frames, cache) == outcome(frames)

@@ -1,0 +1,139 @@
+"""Request headers as templates: encoded once by a client, validated once by a server.
+
+A request header is a msgpack map whose last entries are ``"w"`` (updates only) and
+``"r"``, each a uint64 (``0xcf`` and 8 bytes). Everything before them, the *prefix*
+(version, op, client, tensors, names, options), is the same for every request of one kind
+from one client: a training loop pushes the same tables every step. So a client packs the
+prefix once and appends 11 or 22 bytes a request (``suffix``), and a server's
+``TemplateCache`` keeps what validating a prefix gave under its exact bytes: a header whose
+prefix it has seen is decoded by checking only the id, the watermark and the frame sizes.
+
+The cache changes nothing a server decides: it learns a prefix only when the ordinary
+decoding of the whole header succeeded, and only when the header's top-level ``r`` and
+``w`` are provably the trailing fixed-width entries (a probe with other values in them
+decodes to those values, and to the same everything else). Any other header, compact
+integers or keys in another order included, is decoded the ordinary way.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from zps.protocol.fields import MAX_ID, DecodeError, check_frames, frame_sizes
+from zps.protocol.messages import Request
+
+_R = b"\xa1r\xcf"  # fixstr "r", then uint64
+_W = b"\xa1w\xcf"
+_ID = struct.Struct(">Q")
+_WR = struct.Struct(">3sQ3sQ")
+_RONLY = struct.Struct(">3sQ")
+R_BYTES = _RONLY.size  # 11
+WR_BYTES = _WR.size  # 22
+MAX_PREFIX = 4096  # longer prefixes (many tables in one message) are not kept
+MAX_TEMPLATES = 1024  # per server; the cache starts afresh when full
+
+
+def prefix(header: dict[str, Any], watermark: bool) -> bytes:
+    """The packed ``header`` (without ``r`` and ``w``) as a prefix: its map announces the
+    one or two entries ``suffix`` appends. (A request header has at most 9 entries: a
+    fixmap, whose count is the low bits of its first byte.)"""
+    body: bytes = msgpack.packb(header)
+    if body[0] & 0xF0 != 0x80 or (body[0] & 0x0F) + 1 + watermark > 15:
+        raise ValueError("a request header is a map of at most 13 fields")
+    return bytes((body[0] + 1 + watermark,)) + body[1:]
+
+
+def suffix(request_id: int, watermark: int | None) -> bytes:
+    """The fixed-width ``w`` (if any) and ``r`` entries that end a request header."""
+    if watermark is None:
+        return _RONLY.pack(_R, request_id)
+    return _WR.pack(_W, watermark, _R, request_id)
+
+
+def split(header: bytes) -> tuple[bytes, int | None, int] | None:
+    """``(prefix, watermark, request id)`` if ``header`` ends with fixed-width entries
+    (``w`` optional), else None."""
+    n = len(header)
+    if n <= R_BYTES or header[n - R_BYTES:n - 8] != _R:
+        return None
+    rid = _ID.unpack_from(header, n - 8)[0]
+    if n > WR_BYTES and header[n - WR_BYTES:n - 19] == _W:
+        return header[:n - WR_BYTES], _ID.unpack_from(header, n - 19)[0], rid
+    return header[:n - R_BYTES], None, rid
+
+
+class TemplateCache:
+    """Validated request prefixes of one server, by their exact bytes."""
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, tuple[Request, list[int]]] = {}
+        self.hits = 0
+
+    def decode(self, frames: Sequence[Any]) -> Request | None:
+        """The request in ``frames`` if its header's prefix is known (the same ``Request``,
+        or the same ``DecodeError``, as the ordinary decoding); None if it is not."""
+        parts = split(_bytes(frames[0]))
+        if parts is None:
+            return None
+        found = self._known.get(parts[0])
+        if found is None:
+            return None
+        known, sizes = found
+        _, watermark, rid = parts
+        if rid > MAX_ID:
+            raise DecodeError("bad_header", "request id 'r' must be an integer in [0, 2**63)")
+        if watermark is not None and watermark > rid:
+            raise DecodeError("bad_header", "watermark 'w' must be an integer in [0, r]: the "
+                                            "client's lowest unfinished request id", rid)
+        buffers = tuple(frames[1:])
+        try:
+            check_frames(sizes, buffers)
+        except DecodeError as exc:
+            exc.request_id = rid
+            raise
+        self.hits += 1
+        return Request(known.op, known.client_id, rid, known.tensors, known.names,
+                       known.options, buffers, known.encoded, watermark)
+
+    def learn(self, header: Any, request: Request,
+              unpack: Callable[[bytes], Any] = msgpack.unpackb) -> None:
+        """Keep ``request``'s prefix, if ``header`` (its header frame, which decoded to it
+        the ordinary way) is in template form with ``r`` and ``w`` its own top-level
+        fields."""
+        raw = _bytes(header)
+        parts = split(raw)
+        if parts is None or len(parts[0]) > MAX_PREFIX:
+            return
+        head, watermark, rid = parts
+        if rid != request.request_id or watermark != request.watermark:
+            return
+        # A probe with other values in the trailing entries must decode to those values
+        # and to the same everything else: then they are the top-level fields.
+        other = (rid + 1) % (MAX_ID + 1)
+        probe = head + suffix(other, None if watermark is None else min(watermark, other))
+        try:
+            got, seen = unpack(probe), unpack(raw)
+        except Exception:
+            return
+        if not (isinstance(got, dict) and isinstance(seen, dict) and got.get("r") == other
+                and got.pop("r", None) is not None and seen.pop("r", None) is not None):
+            return
+        if watermark is not None and (got.pop("w", None), seen.pop("w", None)) != (
+                min(watermark, other), watermark):
+            return
+        if got != seen:
+            return
+        if len(self._known) >= MAX_TEMPLATES:
+            self._known.clear()
+        self._known[head] = (Request(request.op, request.client_id, 0, request.tensors,
+                                     request.names, request.options, (), request.encoded),
+                             frame_sizes(request.tensors, request.encoded))
+
+
+def _bytes(frame: Any) -> bytes:
+    value = getattr(frame, "bytes", None)  # a zmq.Frame (its bytes are kept once read)
+    return value if isinstance(value, bytes) else bytes(frame)
