@@ -19,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def raw_echo(size: int, workers: int, seconds: float) -> float:
 
 
 def _zps_client(servers: list[str], op: str, size: int, seconds: float, own: int,
-                index: int, start: Any, out: Any) -> None:
+                inflight: int, index: int, start: Any, out: Any) -> None:
     # own > 0: each of the ``own`` workers pushes a table of its own (all init all of
     # them, so they are spread over the servers alike); else all push one table.
     names = [f"t{size}-{i}" for i in range(own)] if own else [f"t{size}"]
@@ -104,19 +105,31 @@ def _zps_client(servers: list[str], op: str, size: int, seconds: float, own: int
     with zps.Client(servers, heartbeat_interval=0) as ps:
         ps.init({n: np.zeros_like(value) for n in names})
         call = {
-            "push": lambda: ps.push({name: value}),
-            "pull": lambda: ps.pull([name]),
-            "push_pull": lambda: ps.push_pull({name: value}),
+            "push": lambda wait=True: ps.push({name: value}, wait=wait),
+            "pull": lambda wait=True: ps.pull([name], wait=wait),
+            "push_pull": lambda wait=True: ps.push_pull({name: value}, wait=wait),
         }[op]
-        timed_loop(call, seconds, start, out)
+        timed_loop(call if inflight == 1 else windowed(call, inflight), seconds, start, out)
+
+
+def windowed(call: Any, inflight: int) -> Any:
+    """``call`` with up to ``inflight`` started and unfinished (``wait=False`` handles):
+    each call starts one and, with the window full, waits for the oldest."""
+    window: deque[Any] = deque()
+
+    def step() -> None:
+        window.append(call(wait=False))
+        if len(window) >= inflight:
+            window.popleft().wait()
+    return step
 
 
 def zps_rate(servers: list[str], op: str, size: int, workers: int, seconds: float,
-             own: bool = False) -> float:
+             own: bool = False, inflight: int = 1) -> float:
     """Operations per second summed over ``workers`` worker processes (``own``: a table
-    each, else one table for all)."""
-    return run_timed(_zps_client, (servers, op, size, seconds, workers if own else 0),
-                     workers, indexed=True)
+    each, else one table for all; ``inflight``: calls each keeps in flight)."""
+    return run_timed(_zps_client, (servers, op, size, seconds, workers if own else 0,
+                                   inflight), workers, indexed=True)
 
 
 def timed_loop(call: Any, seconds: float, start: Any, out: Any) -> None:
@@ -180,6 +193,9 @@ def main() -> int:
     parser.add_argument("--own-tables", action="store_true",
                         help="each worker pushes a table of its own (spread over the "
                              "servers) instead of all pushing one")
+    parser.add_argument("--inflight", type=counts, default="1",
+                        help="calls each worker keeps in flight (wait=False handles), e.g. "
+                             "1,16")
     parser.add_argument("--quick", action="store_true", help="1 worker, 1 server")
     parser.add_argument("--targets", action="store_true",
                         help="only the cells with targets (1 worker, 1 server), each measured "
@@ -210,24 +226,25 @@ def main() -> int:
                                               "--procs", str(procs)])
             for label in sizes:
                 size = SIZES[label]
-                for w in worker_counts:
-                    for op in ops:
-                        rate = zps_rate(cluster.addresses, op, size, w, args.seconds,
-                                        args.own_tables)
-                        ceiling = raw[(label, w)]
-                        row = {
-                            "size": label, "bytes": size, "op": op, "workers": w,
-                            "servers": n_servers, "procs": procs, "ops_per_s": rate,
-                            "gb_per_s": rate * moved(op, size) / 1e9,
-                            "raw_rt_per_s": ceiling,
-                            "raw_gb_per_s": ceiling * 2 * size / 1e9,
-                            "ratio_to_raw": rate / ceiling,
-                        }
-                        rows.append(row)
-                        print(f"zps {op:>9} {label:>6} workers={w} servers={n_servers}x"
-                              f"{procs}: "
-                              f"{rate:9.1f} ops/s {row['gb_per_s']:6.2f} GB/s "
-                              f"({row['ratio_to_raw']:.2f}x raw)", flush=True)
+                for w, op, inflight in [(w, o, k) for w in worker_counts for o in ops
+                                        for k in args.inflight]:
+                    rate = zps_rate(cluster.addresses, op, size, w, args.seconds,
+                                    args.own_tables, inflight)
+                    ceiling = raw[(label, w)]
+                    row = {
+                        "size": label, "bytes": size, "op": op, "workers": w,
+                        "servers": n_servers, "procs": procs, "inflight": inflight,
+                        "ops_per_s": rate,
+                        "gb_per_s": rate * moved(op, size) / 1e9,
+                        "raw_rt_per_s": ceiling,
+                        "raw_gb_per_s": ceiling * 2 * size / 1e9,
+                        "ratio_to_raw": rate / ceiling,
+                    }
+                    rows.append(row)
+                    print(f"zps {op:>9} {label:>6} workers={w} inflight={inflight} "
+                          f"servers={n_servers}x{procs}: "
+                          f"{rate:9.1f} ops/s {row['gb_per_s']:6.2f} GB/s "
+                          f"({row['ratio_to_raw']:.2f}x raw)", flush=True)
     print_table(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
@@ -273,10 +290,10 @@ def run_targets(args: argparse.Namespace) -> int:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'op':>9} {'size':>6} {'wk':>3} {'srv':>5} {'ops/s':>9} {'GB/s':>6} "
+    print(f"\n{'op':>9} {'size':>6} {'wk':>3} {'fly':>3} {'srv':>5} {'ops/s':>9} {'GB/s':>6} "
           f"{'raw rt/s':>9} {'raw GB/s':>8} {'x raw':>6}")
     for r in rows:
-        print(f"{r['op']:>9} {r['size']:>6} {r['workers']:>3} "
+        print(f"{r['op']:>9} {r['size']:>6} {r['workers']:>3} {r.get('inflight', 1):>3} "
               f"{str(r['servers']) + 'x' + str(r['procs']):>5} "
               f"{r['ops_per_s']:9.1f} {r['gb_per_s']:6.2f} {r['raw_rt_per_s']:9.1f} "
               f"{r['raw_gb_per_s']:8.2f} {r['ratio_to_raw']:6.2f}")
