@@ -173,10 +173,10 @@ def test_a_worker_key_cannot_become_the_standby(start_server, keys: Path) -> Non
     for option, value in client_curve(keys / "server.key", keys / "worker.key_secret").items():
         sub.setsockopt(getattr(zmq, option), value)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(primary.run(lambda: primary.server.core.replica.pub_endpoint))
     zap = primary.server._zap
     assert zap is not None
-    refused = primary.run(lambda: zap.refusals)
+    refused = primary.run(lambda: zap.refusals)  # (before connecting: it may refuse at once)
+    sub.connect(primary.run(lambda: primary.server.core.replica.pub_endpoint))
     wait_for(lambda: primary.run(lambda: zap.refusals) > refused,
              what="the change stream to refuse a worker key")
     sub.close(linger=0)

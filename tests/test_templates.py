@@ -146,3 +146,43 @@ def test_valid_requests_decode_alike_through_the_cache(
                        "t": [[m.name, m.dtype, list(m.shape), m.nbytes] for m in metas]}, True)
         frames = [head + suffix(rid, watermark), *buffers]
         assert outcome(frames, cache) == outcome(frames)
+
+
+def test_a_hit_must_end_as_its_template_did() -> None:
+    # Learned with a watermark, sent without (the map then announces an entry too many),
+    # and the other way round: decoded, and refused, the ordinary way.
+    for rid, watermark, other in ((5, 3, None), (5, None, 2)):
+        cache = TemplateCache()
+        frames = push(rid, watermark) if watermark is not None else encode_request(
+            Request(Op.PULL, "c1", rid, names=("w",)))
+        decode_request(frames, templates=cache)
+        changed = [split(frames[0])[0] + suffix(9, other), *frames[1:]]
+        assert outcome(changed, cache) == outcome(changed)
+        assert outcome(changed)[:2] == ("error", "bad_header")
+
+
+def test_only_the_headers_a_client_packs_are_learned() -> None:
+    # A top-level "w" earlier in the map and an options map whose one entry is the
+    # trailing "w": the header decodes, but it is not what a client sends, so it is not
+    # kept, and a variant decodes the ordinary way.
+    def text(x: str) -> bytes:
+        return bytes([0xA0 | len(x)]) + x.encode()
+    body = (b"\x87" + text("v") + msgpack.packb(PROTOCOL_VERSION) + text("op") + text("push")
+            + text("c") + text("c1") + text("t") + msgpack.packb([["w", "float32", [4], 16]])
+            + text("w") + b"\xcf" + (3).to_bytes(8, "big") + text("o") + b"\x81")
+    buffer = np.zeros(4, np.float32).data
+    cache = TemplateCache()
+    assert decode_request([body + suffix(5, 3), buffer], templates=cache).watermark == 3
+    variant = [body + suffix(7, 0), buffer]
+    assert outcome(variant, cache) == outcome(variant)
+    assert decode_request(variant).options == {"w": 0} and cache.hits == 0
+
+
+def test_requests_with_options_are_not_kept() -> None:
+    value = np.zeros(2, np.float32)
+    cache = TemplateCache()
+    for rid in range(5, 9):
+        decode_request(encode_request(Request(
+            Op.PUSH, "c1", rid, (TensorMeta.of("w", value),), options={"loss": rid / 3},
+            buffers=(value.data,), watermark=rid)), templates=cache)
+    assert cache.hits == 0 and not cache._known

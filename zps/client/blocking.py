@@ -77,6 +77,7 @@ class Client(ClientBase):
 
     def _connect(self) -> None:
         """A DEALER per endpoint, and the hellos (``Regroup`` for --procs groups)."""
+        self._rcvtimeo = -1  # (new sockets wait forever until told otherwise)
         for address in self._engine.endpoints:
             self._sockets.append(self._dealer(address) if address else None)
         self._endpoint_of = {s: i for i, s in enumerate(self._sockets) if s is not None}

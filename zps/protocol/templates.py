@@ -9,16 +9,16 @@ prefix once and appends 11 or 22 bytes a request (``suffix``), and a server's
 prefix it has seen is decoded by checking only the id, the watermark and the frame sizes.
 
 The cache changes nothing a server decides: it learns a prefix only when the ordinary
-decoding of the whole header succeeded, and only when the header's top-level ``r`` and
-``w`` are provably the trailing fixed-width entries (a probe with other values in them
-decodes to those values, and to the same everything else). Any other header, compact
-integers or keys in another order included, is decoded the ordinary way.
+decoding of the whole header succeeded and the prefix is byte for byte the one a zps
+client packs for that request (so ``r`` and ``w`` are the top-level fields), and a hit
+must end the same way (with or without ``w``). Any other header, compact integers, keys
+in another order or requests with options included, is decoded the ordinary way.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -33,8 +33,8 @@ _WR = struct.Struct(">3sQ3sQ")
 _RONLY = struct.Struct(">3sQ")
 R_BYTES = _RONLY.size  # 11
 WR_BYTES = _WR.size  # 22
-MAX_PREFIX = 4096  # longer prefixes (many tables in one message) are not kept
-MAX_TEMPLATES = 1024  # per server; the cache starts afresh when full
+MAX_PREFIX = 1024  # longer prefixes (many tables in one message) are not kept
+MAX_TEMPLATES = 512  # per server; the cache starts afresh when full
 
 
 def prefix(header: dict[str, Any], watermark: bool) -> bytes:
@@ -70,7 +70,8 @@ class TemplateCache:
     """Validated request prefixes of one server, by their exact bytes."""
 
     def __init__(self) -> None:
-        self._known: dict[bytes, tuple[Request, list[int]]] = {}
+        # prefix -> (the request it announces, its frame sizes, whether "w" follows it)
+        self._known: dict[bytes, tuple[Request, list[int], bool]] = {}
         self.hits = 0
 
     def decode(self, frames: Sequence[Any]) -> Request | None:
@@ -82,8 +83,10 @@ class TemplateCache:
         found = self._known.get(parts[0])
         if found is None:
             return None
-        known, sizes = found
+        known, sizes, has_watermark = found
         _, watermark, rid = parts
+        if (watermark is not None) != has_watermark:
+            return None  # (its map then announces one entry more, or less, than it has)
         if rid > MAX_ID:
             raise DecodeError("bad_header", "request id 'r' must be an integer in [0, 2**63)")
         if watermark is not None and watermark > rid:
@@ -97,41 +100,28 @@ class TemplateCache:
             raise
         self.hits += 1
         return Request(known.op, known.client_id, rid, known.tensors, known.names,
-                       known.options, buffers, known.encoded, watermark)
+                       {}, buffers, known.encoded, watermark)
 
-    def learn(self, header: Any, request: Request,
-              unpack: Callable[[bytes], Any] = msgpack.unpackb) -> None:
+    def learn(self, header: Any, request: Request, canonical: bytes) -> None:
         """Keep ``request``'s prefix, if ``header`` (its header frame, which decoded to it
-        the ordinary way) is in template form with ``r`` and ``w`` its own top-level
-        fields."""
-        raw = _bytes(header)
-        parts = split(raw)
+        the ordinary way) is exactly what a zps client sends for it: its prefix is
+        ``canonical`` (the request's own, packed), and its id and watermark the
+        trailing fixed-width entries. Requests with options or compressed tensors are not
+        kept (a loss, codec scales: new each call)."""
+        if request.options or request.encoded:
+            return
+        parts = split(_bytes(header))
         if parts is None or len(parts[0]) > MAX_PREFIX:
             return
         head, watermark, rid = parts
-        if rid != request.request_id or watermark != request.watermark:
-            return
-        # A probe with other values in the trailing entries must decode to those values
-        # and to the same everything else: then they are the top-level fields.
-        other = (rid + 1) % (MAX_ID + 1)
-        probe = head + suffix(other, None if watermark is None else min(watermark, other))
-        try:
-            got, seen = unpack(probe), unpack(raw)
-        except Exception:
-            return
-        if not (isinstance(got, dict) and isinstance(seen, dict) and got.get("r") == other
-                and got.pop("r", None) is not None and seen.pop("r", None) is not None):
-            return
-        if watermark is not None and (got.pop("w", None), seen.pop("w", None)) != (
-                min(watermark, other), watermark):
-            return
-        if got != seen:
+        if head != canonical or rid != request.request_id or watermark != request.watermark:
             return
         if len(self._known) >= MAX_TEMPLATES:
             self._known.clear()
         self._known[head] = (Request(request.op, request.client_id, 0, request.tensors,
-                                     request.names, request.options, (), request.encoded),
-                             frame_sizes(request.tensors, request.encoded))
+                                     request.names, {}, (), request.encoded),
+                             frame_sizes(request.tensors, request.encoded),
+                             watermark is not None)
 
 
 def _bytes(frame: Any) -> bytes:
