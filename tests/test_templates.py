@@ -14,6 +14,7 @@ from tests.test_protocol import header_maps
 from zps.errors import ProtocolError
 from zps.protocol import (
     PROTOCOL_VERSION,
+    Limits,
     Op,
     Request,
     RequestEncoder,
@@ -186,3 +187,42 @@ def test_requests_with_options_are_not_kept() -> None:
             Op.PUSH, "c1", rid, (TensorMeta.of("w", value),), options={"loss": rid / 3},
             buffers=(value.data,), watermark=rid)), templates=cache)
     assert cache.hits == 0 and not cache._known
+
+
+def test_a_failed_check_on_a_hit_is_reported_as_the_full_check_reports_it() -> None:
+    limits = Limits(max_message_bytes=200)
+
+    def both(frames: list[Any], cache: TemplateCache) -> tuple[Any, Any]:
+        got = []
+        for templates in (cache, None):
+            try:
+                got.append(decode_request(frames, limits, templates))
+            except ProtocolError as exc:
+                got.append((exc.code, getattr(exc, "request_id", None)))
+        return got[0], got[1]
+
+    cache = TemplateCache()
+    decode_request(push(5, 4), limits, cache)
+    big = b"\x00" * 300
+    head = push(6, 5)[0]
+    cases = [
+        [head, big],  # too large, and the wrong size
+        [*push(6, 5), big],  # too large, and a frame too many
+        [head[:-8] + (2**63).to_bytes(8, "big"), big],  # a bad id too
+        [split(head)[0] + suffix(2, 3), big],  # a watermark above the id too
+    ]
+    for frames in cases:
+        cached, plain = both(frames, cache)
+        assert cached == plain and plain[0] == "too_large"
+    assert cache.hits == 0
+
+
+def test_a_header_that_is_not_a_byte_buffer_is_not_taken_from_the_cache() -> None:
+    client = next(c for c in ("c1", "c12", "c123", "c1234") if len(push(5, 4, c)[0]) % 4 == 0)
+    cache = TemplateCache()
+    decode_request(push(5, 4, client), templates=cache)
+    frames = push(6, 5, client)
+    wide = [np.frombuffer(frames[0], np.uint32), frames[1]]  # the same bytes, 4 an item
+    assert outcome(wide, cache) == outcome(wide)
+    assert cache.hits == 0
+    assert decode_request(frames, templates=cache).request_id == 6 and cache.hits == 1

@@ -6,7 +6,8 @@ A request header is a msgpack map whose last entries are ``"w"`` (updates only) 
 from one client: a training loop pushes the same tables every step. So a client packs the
 prefix once and appends 11 or 22 bytes a request (``suffix``), and a server's
 ``TemplateCache`` keeps what validating a prefix gave under its exact bytes: a header whose
-prefix it has seen is decoded by checking only the id, the watermark and the frame sizes.
+prefix it has seen is decoded by checking only the id, the watermark and the frame sizes
+(and if one of those is wrong, by the ordinary decoding, which says what).
 
 The cache changes nothing a server decides: it learns a prefix only when the ordinary
 decoding of the whole header succeeded and the prefix is byte for byte the one a zps
@@ -23,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from zps.protocol.fields import MAX_ID, DecodeError, check_frames, frame_sizes
+from zps.protocol.fields import MAX_ID, frame_sizes
 from zps.protocol.messages import Request
 
 _R = b"\xa1r\xcf"  # fixstr "r", then uint64
@@ -75,9 +76,11 @@ class TemplateCache:
         self.hits = 0
 
     def decode(self, frames: Sequence[Any]) -> Request | None:
-        """The request in ``frames`` if its header's prefix is known (the same ``Request``,
-        or the same ``DecodeError``, as the ordinary decoding); None if it is not."""
-        parts = split(_bytes(frames[0]))
+        """The request in ``frames`` if its header's prefix is known and the rest checks
+        out (then it is the ``Request`` the ordinary decoding gives); None otherwise, and
+        the ordinary decoding says what is wrong, in its order."""
+        header = _bytes(frames[0])
+        parts = split(header) if header is not None else None
         if parts is None:
             return None
         found = self._known.get(parts[0])
@@ -85,19 +88,13 @@ class TemplateCache:
             return None
         known, sizes, has_watermark = found
         _, watermark, rid = parts
-        if (watermark is not None) != has_watermark:
-            return None  # (its map then announces one entry more, or less, than it has)
-        if rid > MAX_ID:
-            raise DecodeError("bad_header", "request id 'r' must be an integer in [0, 2**63)")
-        if watermark is not None and watermark > rid:
-            raise DecodeError("bad_header", "watermark 'w' must be an integer in [0, r]: the "
-                                            "client's lowest unfinished request id", rid)
         buffers = tuple(frames[1:])
-        try:
-            check_frames(sizes, buffers)
-        except DecodeError as exc:
-            exc.request_id = rid
-            raise
+        if (watermark is not None) != has_watermark or rid > MAX_ID or (
+                watermark is not None and watermark > rid) or len(buffers) != len(sizes):
+            return None
+        for size, buffer in zip(sizes, buffers, strict=True):
+            if memoryview(buffer).nbytes != size:
+                return None
         self.hits += 1
         return Request(known.op, known.client_id, rid, known.tensors, known.names,
                        {}, buffers, known.encoded, watermark)
@@ -110,7 +107,8 @@ class TemplateCache:
         kept (a loss, codec scales: new each call)."""
         if request.options or request.encoded:
             return
-        parts = split(_bytes(header))
+        raw = _bytes(header)
+        parts = split(raw) if raw is not None else None
         if parts is None or len(parts[0]) > MAX_PREFIX:
             return
         head, watermark, rid = parts
@@ -124,6 +122,13 @@ class TemplateCache:
                              watermark is not None)
 
 
-def _bytes(frame: Any) -> bytes:
+def _bytes(frame: Any) -> bytes | None:
+    """A header frame's bytes (None if it is not a buffer of bytes)."""
     value = getattr(frame, "bytes", None)  # a zmq.Frame (its bytes are kept once read)
-    return value if isinstance(value, bytes) else bytes(frame)
+    if isinstance(value, bytes):
+        return value
+    try:
+        view = memoryview(frame)
+    except TypeError:
+        return None
+    return view.tobytes() if view.itemsize == 1 else None
