@@ -136,8 +136,8 @@ def decode_request(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS,
         if known is not None:
             return known
     request = _decode_request(frames, limits)
-    if templates is not None and not (request.options or request.encoded):
-        templates.learn(frames[0], request, request_prefix(request))
+    if templates is not None:
+        templates.learn(frames[0], request, request_prefix)
     return request
 
 

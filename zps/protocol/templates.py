@@ -19,7 +19,7 @@ in another order or requests with options included, is decoded the ordinary way.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -99,10 +99,11 @@ class TemplateCache:
         return Request(known.op, known.client_id, rid, known.tensors, known.names,
                        {}, buffers, known.encoded, watermark)
 
-    def learn(self, header: Any, request: Request, canonical: bytes) -> None:
+    def learn(self, header: Any, request: Request,
+              canonical: Callable[[Request], bytes]) -> None:
         """Keep ``request``'s prefix, if ``header`` (its header frame, which decoded to it
         the ordinary way) is exactly what a zps client sends for it: its prefix is
-        ``canonical`` (the request's own, packed), and its id and watermark the
+        ``canonical(request)`` (the request's own, packed), and its id and watermark the
         trailing fixed-width entries. Requests with options or compressed tensors are not
         kept (a loss, codec scales: new each call)."""
         if request.options or request.encoded:
@@ -112,7 +113,8 @@ class TemplateCache:
         if parts is None or len(parts[0]) > MAX_PREFIX:
             return
         head, watermark, rid = parts
-        if head != canonical or rid != request.request_id or watermark != request.watermark:
+        if rid != request.request_id or watermark != request.watermark \
+                or head != canonical(request):
             return
         if len(self._known) >= MAX_TEMPLATES:
             self._known.clear()
