@@ -234,9 +234,11 @@ def test_oversized_message_is_refused_by_client_and_server(start_server) -> None
 
 
 def test_unreachable_server_is_a_clear_error() -> None:
+    # A free port with nobody listening, below the ephemeral range: a port inside it may
+    # be the one the client's own connection picks, which then connects to itself.
     port = zmq.Context.instance().socket(zmq.ROUTER)
-    addr_port = port.bind_to_random_port("tcp://127.0.0.1")
-    port.close(linger=0)  # a free port with nobody listening
+    addr_port = port.bind_to_random_port("tcp://127.0.0.1", min_port=20000, max_port=32000)
+    port.close(linger=0)
     with pytest.raises(zps.ServerUnreachable, match="could not reach a zps server"):
         zps.Client([f"tcp://127.0.0.1:{addr_port}"], connect_timeout=0.5)
 

@@ -58,7 +58,6 @@ class Client(ClientBase):
         self._poller = zmq.Poller()
         self._sockets: list[zmq.Socket | None] = []
         self._heartbeats: _Heartbeats | None = None
-        self._rcvtimeo = -1  # the one socket's receive timeout (ms) while waiting
         self._closed = False
         try:
             try:
@@ -77,7 +76,7 @@ class Client(ClientBase):
 
     def _connect(self) -> None:
         """A DEALER per endpoint, and the hellos (``Regroup`` for --procs groups)."""
-        self._rcvtimeo = -1  # (new sockets wait forever until told otherwise)
+        self._rcvtimeo = -1  # the one socket's receive timeout (ms); new sockets: forever
         for address in self._engine.endpoints:
             self._sockets.append(self._dealer(address) if address else None)
         self._endpoint_of = {s: i for i, s in enumerate(self._sockets) if s is not None}

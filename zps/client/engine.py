@@ -111,7 +111,7 @@ class Engine:
         return self.endpoints[2 * shard + self.active[shard]]
 
     def has_standby(self, shard: int) -> bool:
-        return bool(self.standbys[shard])  # (slot 1 of the shard has an address)
+        return bool(self.standbys[shard])
 
     def next_deadline(self) -> float | None:
         """When ``expire`` must run next (None: nothing is waiting on time)."""
