@@ -50,6 +50,7 @@ class AsyncClient(ClientBase):
         self._curve: dict[str, int | bytes] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        self._flush_due = False  # a flush is scheduled for the end of this turn
         self._heartbeat: asyncio.Task[None] | None = None
         self._closed = False
         self._connected = False
@@ -257,7 +258,7 @@ class AsyncClient(ClientBase):
             self._engine.start(call, time.monotonic())
         if call.done:
             return call.result()
-        self._flush()
+        self._flush_soon()
         try:
             await future
         except asyncio.CancelledError:
@@ -267,7 +268,15 @@ class AsyncClient(ClientBase):
             raise
         return call.result()
 
+    def _flush_soon(self) -> None:
+        """Send after the callbacks already due in this turn of the loop: calls started
+        together (``asyncio.gather``) leave as one message per server."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_due = False
         for endpoint, frames in self._engine.take_sends():
             sock = self._sockets[endpoint] if endpoint < len(self._sockets) else None
             if sock is not None:

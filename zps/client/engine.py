@@ -35,7 +35,7 @@ from zps.client.connect import Connecting, hello_frames
 from zps.client.deltas import HeldCopies, StaleBase
 from zps.client.failover import Failover
 from zps.client.metrics import ClientMetrics
-from zps.client.plans import Planner, place, server_list
+from zps.client.plans import Planner, place, scatter, server_list
 from zps.client.rowcalls import RowCalls
 from zps.config import ClientConfig
 from zps.errors import (
@@ -47,6 +47,7 @@ from zps.errors import (
     remote_error,
 )
 from zps.protocol import REPLY_DTYPES, UPDATE_OPS, Op, Reply, Request, RequestEncoder
+from zps.protocol.batch import coalesce
 
 log = logging.getLogger("zps.client")
 
@@ -79,6 +80,7 @@ class Engine:
         self.epochs = [0] * shards
         self.server_ids: list[str | None] = [None] * shards
         self.hello: list[dict[str, Any]] = [{} for _ in range(shards)]
+        self.batching = [0] * shards  # requests each shard's server takes in one message
         self.rank = self.config.rank  # a worker's: given, or assigned by the first server
         self.planner = Planner(self.config, shards)
         self.rows = RowCalls(shards, self.config.chunk_bytes, self.planner.codec,
@@ -102,9 +104,14 @@ class Engine:
     # ------------------------------------------------------------ shells' side
 
     def take_sends(self) -> list[Send]:
-        """The frames to send, to which endpoint, in order (then forgotten)."""
+        """The frames to send, to which endpoint, in order (then forgotten); the small
+        requests to a server that takes batches joined into one message."""
         sends, self._sends = self._sends, []
-        return sends
+        return coalesce(sends, self._batch_limit) if len(sends) > 1 else sends
+
+    def _batch_limit(self, endpoint: int) -> int:
+        shard, slot = divmod(endpoint, 2)
+        return self.batching[shard] if slot == self.active[shard] else 0
 
     def address(self, shard: int) -> str:
         """The address of the server requests of ``shard`` go to now."""
@@ -188,6 +195,7 @@ class Engine:
         self.hello[shard] = info
         self.epochs[shard] = max(self.epochs[shard], as_int(info.get("epoch")))
         self.server_ids[shard] = info.get("sid") or info.get("server_id")
+        self.batching[shard] = as_int(info.get("batch"))
         limit = info.get("max_message_bytes")
         self.planner.limits[shard] = limit if isinstance(limit, int) else None
         self._next_id = max(self._next_id, as_int(info.get("next_id")))  # above ids it saw
@@ -250,8 +258,11 @@ class Engine:
             return
         call = pending.call
         try:
-            if call.op in DATA_OPS and not filled:
-                self._scatter(pending, reply)
+            if call.op in DATA_OPS and not filled and call.delta:
+                assert self.held is not None
+                self.held.scatter(reply, pending.message, call.out)
+            elif call.op in DATA_OPS and not filled:
+                scatter(reply, pending.message, call.out)
         except StaleBase:
             pending.whole = True  # the copy it started from is gone: ask for whole parts
             self.resend(pending, now)
@@ -264,21 +275,6 @@ class Engine:
         call.left -= 1
         if call.left == 0:
             self._complete(call)
-
-    def _scatter(self, pending: Pending, reply: Reply) -> None:
-        message, out = pending.message, pending.call.out
-        if pending.call.delta:
-            assert self.held is not None
-            self.held.scatter(reply, message, out)
-            return
-        got = reply.arrays()
-        for part in message.parts:
-            value = got.get(part.key)
-            view = place(out, part)
-            if value is None or value.shape != view.shape:
-                raise ZpsError(f"the server's answer for {part.key!r} does not match the "
-                               "table's layout")
-            view[...] = value
 
     def _on_error(self, pending: Pending, error: tuple[str, str], now: float) -> None:
         code, text = error

@@ -21,8 +21,14 @@ from zps.client.placement import RESERVED, Layout, Part, TableSpec, plan
 from zps.codecs import Codec, CodecError, ErrorFeedback, arrayapi, make_codec
 from zps.config import ClientConfig
 from zps.devices import HostCopies, as_device_array, dtype_name, host_copy, namespace
-from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
-from zps.protocol import DTYPES, EncodedMeta, Op, TensorMeta
+from zps.errors import (
+    ConfigError,
+    RejectedError,
+    ShapeMismatchError,
+    UnknownTableError,
+    ZpsError,
+)
+from zps.protocol import DTYPES, EncodedMeta, Op, Reply, TensorMeta
 
 Arrays = dict[str, np.ndarray]
 
@@ -288,6 +294,18 @@ def outputs(layout: Layout, names: Iterable[str]) -> Arrays:
 def place(out: Arrays, part: Part) -> np.ndarray:
     """The view of ``out`` that ``part`` fills."""
     return out[part.table] if part.whole else out[part.table][part.start:part.stop]
+
+
+def scatter(reply: Reply, message: Message, out: Arrays) -> None:
+    """Copy the values ``reply`` (to ``message``) carries into their places in ``out``."""
+    got = reply.arrays()
+    for part in message.parts:
+        value = got.get(part.key)
+        view = place(out, part)
+        if value is None or value.shape != view.shape:
+            raise ZpsError(f"the server's answer for {part.key!r} does not match the "
+                           "table's layout")
+        view[...] = value
 
 
 def push_options(loss: float | None, weight: float | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from zps.curve import (
 from zps.errors import ConfigError, ProtocolError
 from zps.exposition import MetricsEndpoint
 from zps.protocol import DecodeError, Op, decode_request, encode_reply
+from zps.protocol.batch import is_batch, split_batch
 from zps.protocol.templates import TemplateCache
 from zps.server.checkpoints import Checkpoints, check_writable
 from zps.server.core import ServerCore
@@ -324,13 +325,26 @@ class Server:
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
+        # With CURVE, ZAP named the connection's key and role; every frame carries it.
+        user = _user_id(frames[1]) if self._zap is not None else None
+        if len(frames) > 2 and is_batch(frames[1]):  # several requests: each on its own
+            try:
+                parts = split_batch(frames[1:], self.config.limits)
+            except DecodeError as exc:
+                self._send_all([self.core.error(peer, None, exc.code, str(exc))])
+                return
+            self.core.state.counters["batches"] += 1
+            for part in parts:
+                self._on_request(peer, part, user)
+            return
+        self._on_request(peer, frames[1:], user)
+
+    def _on_request(self, peer: bytes, frames: Sequence[Any], user: str | None) -> None:
         try:
-            request = decode_request(frames[1:], self.config.limits, self._templates)
+            request = decode_request(frames, self.config.limits, self._templates)
         except DecodeError as exc:
             self._send_all([self.core.error(peer, exc.request_id, exc.code, str(exc))])
             return
-        # With CURVE, ZAP named the connection's key and role; every frame carries it.
-        user = _user_id(frames[1]) if self._zap is not None else None
         now = time.monotonic()
         if len(self._started) >= MAX_TIMED:  # replies that never left (peers gone)
             self._started.clear()

@@ -18,6 +18,7 @@ from zps.codecs import CodecError
 from zps.config import ServerConfig
 from zps.errors import ProtocolError
 from zps.protocol import PROTOCOL_VERSION, Op, Replicated, Reply, Request
+from zps.protocol.batch import MAX_BATCH
 from zps.server.access import Peer, check_access, scoped
 from zps.server.handlers import DURABLE_OPS, Handlers
 from zps.server.pushes import Pushes
@@ -260,6 +261,7 @@ class ServerCore:
             "liveness": cfg.liveness,
             "max_message_bytes": cfg.limits.max_message_bytes,
             "max_header_bytes": cfg.limits.max_header_bytes,
+            "batch": MAX_BATCH,  # requests this server takes in one message
             "optimizer": cfg.optimizer,
             "role": state.role,
             "epoch": state.epoch,

@@ -21,8 +21,9 @@ from zps.server.members import Membership, Ranks
 from zps.server.waiters import Waiters
 from zps.store import RequestLedger, Store
 
-COUNTERS = ("requests", "errors", "forbidden", "refused_keys", "pushes", "duplicates",
-            "dropped", "pulls", "rounds", "timeouts", "heartbeats", "dead", "bytes_in", "bytes_out")
+COUNTERS = ("requests", "batches", "errors", "forbidden", "refused_keys", "pushes",
+            "duplicates", "dropped", "pulls", "rounds", "timeouts", "heartbeats", "dead",
+            "bytes_in", "bytes_out")
 DEPARTED_KEPT = 100  # members that left or died, listed in stats
 
 
