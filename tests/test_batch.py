@@ -4,6 +4,7 @@ each request of a batch on its own, and the clients sending batches."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import msgpack
@@ -122,8 +123,11 @@ def _push(rid: int, name: str, value: np.ndarray) -> list[Any]:
                                   buffers=(value,), watermark=rid))
 
 
-def _replies(sock: zmq.Socket, n: int) -> dict[int | None, Any]:
-    return {r.request_id: r for r in (decode_reply(sock.recv_multipart()) for _ in range(n))}
+def _replies(sock: zmq.Socket) -> list[Any]:
+    """The replies in the next message (a batch of them, or one)."""
+    frames = sock.recv_multipart()
+    parts = split_batch(frames, DEFAULT_LIMITS) if is_batch(frames[0]) else [frames]
+    return [decode_reply(part) for part in parts]
 
 
 def test_a_server_answers_each_request_of_a_batch_on_its_own(start_server) -> None:
@@ -139,7 +143,9 @@ def test_a_server_answers_each_request_of_a_batch_on_its_own(start_server) -> No
         encode_request(Request(Op.PULL, "raw", 4, names=("w",))),
         _push(2, "w", one),  # a retry of request 2 in the same batch: applied once
     ]))
-    got = _replies(sock, 5)
+    replies = _replies(sock)  # the answers to a batch: a batch
+    assert [r.request_id for r in replies] == [1, 2, 3, 4, 2]
+    got = {r.request_id: r for r in replies}
     assert got[1].error is None and got[2].error is None
     assert got[3].error is not None and got[3].error[0] == "unknown_table"
     assert np.array_equal(got[4].arrays()["w"], one)
@@ -192,3 +198,48 @@ def test_pushes_max_inflight_held_back_all_land_once(start_server) -> None:
                    for v in ps.pull(names).values())
     counters = server.run(lambda: dict(server.server.core.state.counters))
     assert counters["pushes"] == len(names)
+
+
+def test_a_client_reads_a_batch_of_replies_and_drops_a_malformed_one() -> None:
+    """A fake server answers each pull with a batch: the first one announces a frame more
+    than it carries (dropped, so the pull is sent again), the next is well formed."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    value = np.arange(4, dtype=np.float32)
+
+    def fake_server() -> None:
+        pulls = 0
+        while True:
+            frames = router.recv_multipart()
+            peer, head = frames[0], msgpack.unpackb(frames[1])
+            reply: dict[str, Any] = {"v": PROTOCOL_VERSION, "r": head["r"],
+                                     "i": {"sid": "fake", "batch": 8}}
+            if head["op"] == "pull":
+                pulls += 1
+                other = msgpack.packb({"v": PROTOCOL_VERSION, "r": 10**6, "i": {}})
+                reply["t"] = [["w", "float32", [4], 16]]
+                counts = [1, 3] if pulls == 1 else [1, 2]
+                router.send_multipart([peer, BATCH_PREFIX + msgpack.packb(counts), other,
+                                       msgpack.packb(reply), value.tobytes()])
+                continue
+            if head["op"] == "init":
+                reply["t"] = [["w", "float32", [4], 16]]
+                router.send_multipart([peer, msgpack.packb(reply), np.zeros(4).astype(
+                    np.float32).tobytes()])
+                continue
+            router.send_multipart([peer, msgpack.packb(reply)])
+            if head["op"] == "bye":
+                return
+
+    thread = threading.Thread(target=fake_server, daemon=True)
+    thread.start()
+    try:
+        with zps.Client([f"tcp://127.0.0.1:{port}"], timeout=0.3, retries=3,
+                        heartbeat_interval=0) as ps:
+            ps.init({"w": np.zeros(4, np.float32)})
+            np.testing.assert_array_equal(ps.pull()["w"], value)
+            assert ps.metrics()["retries"] == 1
+        thread.join(timeout=10)
+    finally:
+        router.close(linger=0)

@@ -84,6 +84,9 @@ class ClientConfig:
     connect_timeout: float = 10.0  # seconds to wait for a server's hello answer
     chunk_bytes: int = 4 << 20  # tables larger than this travel as row-range parts
     max_inflight: int = 16  # requests in flight per client across all servers
+    # Small requests ready together for one server (an AsyncClient's calls of one loop turn,
+    # those max_inflight held back) travel as one message, to servers that take batches.
+    coalesce: bool = True
     heartbeat_interval: float = 1.0  # seconds between heartbeats (0 disables them)
     role: Literal["worker", "observer"] = "worker"  # observers never count in sync rounds
     codec: str = "none"  # how pushes travel: none, fp16, int8[:BLOCK], sign[:BLOCK], topk[:RATIO]

@@ -195,7 +195,7 @@ class Engine:
         self.hello[shard] = info
         self.epochs[shard] = max(self.epochs[shard], as_int(info.get("epoch")))
         self.server_ids[shard] = info.get("sid") or info.get("server_id")
-        self.batching[shard] = as_int(info.get("batch"))
+        self.batching[shard] = as_int(info.get("batch")) if self.config.coalesce else 0
         limit = info.get("max_message_bytes")
         self.planner.limits[shard] = limit if isinstance(limit, int) else None
         self._next_id = max(self._next_id, as_int(info.get("next_id")))  # above ids it saw

@@ -17,6 +17,7 @@ import zmq
 from zps.client.engine import Engine
 from zps.errors import ProtocolError
 from zps.protocol import Limits, Reply, decode_reply_header, frame_sizes
+from zps.protocol.batch import batch_counts, is_batch
 from zps.transport import discard_rest, more_frames, readable, recv_frame, recv_frame_into
 
 log = logging.getLogger("zps.client")
@@ -25,41 +26,57 @@ log = logging.getLogger("zps.client")
 def read_replies(sock: zmq.Socket, endpoint: int, engine: Engine, limits: Limits,
                  now: float, first: zmq.Frame | None = None) -> None:
     """Hand every reply queued on ``sock`` (from ``endpoint``) to ``engine``; ``first``:
-    the first frame of the first one, already received."""
+    the first frame of the first one, already received. A batch (the server's answers to
+    a batch of requests) is read one reply after the other."""
     while True:
         try:
             frame, first = recv_frame(sock) if first is None else first, None
-            header = decode_reply_header(frame, limits)
         except zmq.Again:
             return
+        try:
+            if frame.more and is_batch(frame):
+                counts = batch_counts(frame, limits)
+                for i, n in enumerate(counts):
+                    if not (more_frames(sock) and _take(
+                            sock, endpoint, engine, recv_frame(sock), now, limits, n,
+                            i == len(counts) - 1)):
+                        break
+            else:
+                _take(sock, endpoint, engine, frame, now, limits, None, True)
         except ProtocolError as exc:
             discard_rest(sock)
             log.warning("dropped a malformed reply from %s: %s", engine.endpoints[endpoint],
                         exc)
-            header = None
-        if header is not None:
-            _take(sock, endpoint, engine, header, now)
         if not readable(sock):  # (which also re-arms the descriptor)
             return
 
 
-def _take(sock: zmq.Socket, endpoint: int, engine: Engine, header: Reply, now: float) -> None:
+def _take(sock: zmq.Socket, endpoint: int, engine: Engine, frame: zmq.Frame, now: float,
+          limits: Limits, frames: int | None, last: bool) -> bool:
+    """Read the reply whose header is ``frame`` (of ``frames`` frames, when a batch says)
+    and hand it to ``engine``; False if it was dropped (the rest of the message too).
+    Raises ``ProtocolError`` for a malformed header."""
+    header = decode_reply_header(frame, limits)
+    if frames is not None and frames != 1 + len(frame_sizes(header.tensors, header.encoded)):
+        raise ProtocolError("bad_frames", "a reply in a batch has other frames than its "
+                                          "envelope says")
     sinks = engine.sinks(endpoint, header)
-    got = _read_buffers(sock, header, sinks)
+    got = _read_buffers(sock, header, sinks, last)
     if got is None:
         log.warning("dropped a reply from %s whose arrays do not match its header",
                     engine.endpoints[endpoint])
-        return
+        return False
     buffers, filled = got
     engine.receive(endpoint, Reply(header.request_id, header.tensors, header.info,
                                    header.error, buffers, header.encoded), now, filled)
+    return True
 
 
-def _read_buffers(sock: zmq.Socket, header: Reply,
-                  sinks: tuple[np.ndarray, ...]) -> tuple[tuple[Any, ...], bool] | None:
+def _read_buffers(sock: zmq.Socket, header: Reply, sinks: tuple[np.ndarray, ...],
+                  last: bool) -> tuple[tuple[Any, ...], bool] | None:
     """The array frames after a reply header, received into ``sinks`` when given (they
     match the header), else as frames. None (all frames consumed) if they disagree with
-    the header."""
+    the header (``last``: no frames may follow them)."""
     got: list[Any] = []
     for i, nbytes in enumerate(frame_sizes(header.tensors, header.encoded)):
         if not more_frames(sock):
@@ -75,7 +92,7 @@ def _read_buffers(sock: zmq.Socket, header: Reply,
                 discard_rest(sock)
                 return None
             got.append(frame)
-    if more_frames(sock):
+    if last and more_frames(sock):
         discard_rest(sock)
         return None
     return tuple(got), bool(sinks)

@@ -52,18 +52,25 @@ def is_batch(frame: Any) -> bool:
         view[:len(BATCH_PREFIX)] == BATCH_PREFIX
 
 
-def split_batch(frames: Sequence[Any], limits: Limits) -> list[Sequence[Any]]:
-    """The requests' frames in the batch ``frames`` (its envelope first). Raises
-    ``DecodeError`` if the envelope is malformed, its counts do not add up to the frames
-    that follow, or the message is over the size limit; then nothing in it is handled."""
-    envelope = unpack_header(frames[0], limits)
-    check_version(envelope)
-    counts = envelope.get("k")
-    if envelope.get("op") != "batch" or set(envelope) != {"v", "op", "k"} \
+def batch_counts(envelope: Any, limits: Limits) -> list[int]:
+    """How many frames each message in a batch has, from its envelope frame.
+    Raises ``DecodeError`` (a ``ProtocolError``) if the envelope is malformed."""
+    header = unpack_header(envelope, limits)
+    check_version(header)
+    counts = header.get("k")
+    if header.get("op") != "batch" or set(header) != {"v", "op", "k"} \
             or not isinstance(counts, list) or not 1 <= len(counts) <= MAX_BATCH \
             or not all(is_int(n) and n >= 1 for n in counts):
         raise DecodeError("bad_header", f"a batch envelope is {{v, op: 'batch', k}}, k "
                                         f"listing 1..{MAX_BATCH} frame counts of at least 1")
+    return counts
+
+
+def split_batch(frames: Sequence[Any], limits: Limits) -> list[Sequence[Any]]:
+    """The messages' frames in the batch ``frames`` (its envelope first). Raises
+    ``DecodeError`` if the envelope is malformed, its counts do not add up to the frames
+    that follow, or the message is over the size limit; then nothing in it is handled."""
+    counts = batch_counts(frames[0], limits)
     if sum(counts) != len(frames) - 1:
         raise DecodeError("bad_frames", f"the batch announces {sum(counts)} frames after its "
                                         f"envelope and carries {len(frames) - 1}")
@@ -106,3 +113,30 @@ def coalesce(sends: list[Send], batch_limit: Callable[[int], int]) -> list[Send]
     for endpoint in list(held):
         emit(endpoint)
     return out
+
+
+class HeldReplies:
+    """The small replies a server has for the peer whose batch it is answering, to send
+    as one batch once every request of it is answered."""
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer
+        self.messages: list[list[bytes]] = []
+        self.nbytes = 0
+
+    def take(self, frames: Sequence[Any]) -> bool:
+        """Keep a copy of ``frames`` (the tables they show may change before the batch
+        leaves) if they are small and the batch has room; False: send them alone."""
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > BATCH_REQUEST_BYTES or len(self.messages) >= MAX_BATCH or \
+                self.nbytes + size > BATCH_BYTES:
+            return False
+        self.messages.append([bytes(memoryview(f)) for f in frames])
+        self.nbytes += size
+        return True
+
+    def frames(self) -> list[Any]:
+        """The message to send: the one reply alone, or a batch of them ([] if none)."""
+        if len(self.messages) <= 1:
+            return self.messages[0] if self.messages else []
+        return encode_batch(self.messages)

@@ -29,7 +29,7 @@ from zps.curve import (
 from zps.errors import ConfigError, ProtocolError
 from zps.exposition import MetricsEndpoint
 from zps.protocol import DecodeError, Op, decode_request, encode_reply
-from zps.protocol.batch import is_batch, split_batch
+from zps.protocol.batch import HeldReplies, is_batch, split_batch
 from zps.protocol.templates import TemplateCache
 from zps.server.checkpoints import Checkpoints, check_writable
 from zps.server.core import ServerCore
@@ -77,6 +77,7 @@ class Server:
         self._zap: ZapHandler | None = None
         self._started: dict[tuple[bytes, int | None], tuple[str, float]] = {}  # latency
         self._templates = TemplateCache()  # request headers validated before
+        self._held: HeldReplies | None = None  # while answering a batch
         self.failed = ""  # why the server stopped on its own (empty: it did not)
         self.address = ""
 
@@ -334,8 +335,14 @@ class Server:
                 self._send_all([self.core.error(peer, None, exc.code, str(exc))])
                 return
             self.core.state.counters["batches"] += 1
-            for part in parts:
-                self._on_request(peer, part, user)
+            self._held = held = HeldReplies(peer)  # the small replies, sent as one
+            try:
+                for part in parts:
+                    self._on_request(peer, part, user)
+            finally:
+                self._held = None
+            if held.messages:
+                self._emit(peer, held.frames())
             return
         self._on_request(peer, frames[1:], user)
 
@@ -376,13 +383,21 @@ class Server:
         timed = self._started.pop((outgoing.peer, outgoing.reply.request_id), None)
         if timed is not None:  # from receipt to reply, waits in rounds included
             self.core.state.latency.observe(timed[0], time.monotonic() - timed[1])
-        try:
-            self._socket.send([outgoing.peer, *frames])
-        except zmq.ZMQError as exc:  # peer gone or its queue full: it will retry
-            log.debug("reply to %r dropped: %s", outgoing.peer, exc)
+        held = self._held
+        if held is not None and held.peer == outgoing.peer and not pins and held.take(frames):
             return
-        for holder, tracker in pins:
-            holder.pin(tracker)
+        if self._emit(outgoing.peer, frames):
+            for holder, tracker in pins:
+                holder.pin(tracker)
+
+    def _emit(self, peer: bytes, frames: list[Any]) -> bool:
+        assert self._socket is not None
+        try:
+            self._socket.send([peer, *frames])
+        except zmq.ZMQError as exc:  # peer gone or its queue full: it will retry
+            log.debug("reply to %r dropped: %s", peer, exc)
+            return False
+        return True
 
 
 def _user_id(frame: zmq.Frame) -> str:
