@@ -98,19 +98,18 @@ sends = st.lists(st.tuples(st.integers(0, 3), st.sampled_from([8, 1000, BATCH_RE
 
 
 @settings(max_examples=200)
-@given(sends, st.integers(0, 5))
+@given(sends, st.integers(0, 5), st.sampled_from([BATCH_BYTES, 4096, 1600]))
 def test_coalescing_keeps_each_endpoints_order_and_joins_only_small_requests(
-        plan: list[tuple[int, int]], limit: int) -> None:
+        plan: list[tuple[int, int]], limit: int, most: int) -> None:
     queued = [(endpoint, [f"{i}".encode(), b"." * size]) for i, (endpoint, size)
               in enumerate(plan)]
-    out = coalesce(list(queued), lambda endpoint: limit if endpoint != 3 else 0)
+    out = coalesce(list(queued), lambda endpoint: (limit if endpoint != 3 else 0, most))
     seen: dict[int, list[list[Any]]] = {}
     for endpoint, frames in out:
         if is_batch(frames[0]):
-            parts = [list(p) for p in split_batch(frames, DEFAULT_LIMITS)]
+            parts = [list(p) for p in split_batch(frames, Limits(max_message_bytes=most))]
             assert endpoint != 3 and 2 <= len(parts) <= limit
             assert all(len(p[1]) <= BATCH_REQUEST_BYTES for p in parts)
-            assert sum(len(f) for p in parts for f in p) <= BATCH_BYTES
         else:
             parts = [frames]
         seen.setdefault(endpoint, []).extend(parts)
@@ -243,3 +242,46 @@ def test_a_client_reads_a_batch_of_replies_and_drops_a_malformed_one() -> None:
         thread.join(timeout=10)
     finally:
         router.close(linger=0)
+
+
+def test_batches_stay_within_the_servers_message_limit(start_server) -> None:
+    """Regression: 8 pushes of 60 KB, each within a server's 256 KiB limit, were joined
+    into one batch over it, refused whole, and refused again on every retry."""
+    server = start_server(mode="async", limits=Limits(max_message_bytes=256 << 10))
+    names = [f"t{i}" for i in range(8)]
+    value = np.ones(15_000, np.float32)
+
+    async def main() -> None:
+        async with zps.AsyncClient([server.address], heartbeat_interval=0, timeout=5) as ps:
+            for name in names:
+                await ps.init({name: np.zeros_like(value)})
+            await asyncio.gather(*(ps.push({n: value}) for n in names))
+
+    asyncio.run(main())
+    assert all(np.array_equal(table(server, n), value) for n in names)
+    assert server.run(lambda: server.server.core.state.counters["batches"]) >= 2
+
+
+def test_a_request_of_a_batch_that_fails_inside_the_server_loses_no_other_reply(
+        start_server, monkeypatch) -> None:
+    from zps.server import app
+
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(4, np.float32)})
+    encode = app.encode_reply
+
+    def failing(reply: Any) -> Any:
+        if reply.request_id == 3:
+            raise RuntimeError("a bug")
+        return encode(reply)
+
+    monkeypatch.setattr(app, "encode_reply", failing)
+    sock = raw_dealer(server.address)
+    one = np.ones(4, np.float32)
+    sock.send_multipart(encode_batch([
+        encode_request(Request(Op.HELLO, "raw", 1, options={"role": "worker"})),
+        _push(2, "w", one), _push(3, "w", one), _push(4, "w", one)]))
+    assert [r.request_id for r in _replies(sock)] == [1, 2, 4]
+    assert np.array_equal(table(server, "w"), 3 * one)
+    sock.close()

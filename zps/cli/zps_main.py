@@ -103,7 +103,8 @@ def _stats(ps: Client, args: argparse.Namespace) -> int:
         counters = info.get("counters", {})
         print(f"{info.get('address')}: {info.get('role')}, mode {info.get('mode')}, epoch "
               f"{info.get('epoch')}, seq {info.get('seq')}, rounds {info.get('rounds')}, "
-              f"requests {counters.get('requests')}, errors {counters.get('errors')}")
+              f"requests {counters.get('requests')}, batches {counters.get('batches', 0)}, "
+              f"errors {counters.get('errors')}")
         for member in members:
             print(f"  member {member.get('id')}: {member.get('role')} {member.get('state')}, "
                   f"clock {member.get('clock')}, straggles {member.get('straggles')}")

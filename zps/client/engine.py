@@ -47,7 +47,7 @@ from zps.errors import (
     remote_error,
 )
 from zps.protocol import REPLY_DTYPES, UPDATE_OPS, Op, Reply, Request, RequestEncoder
-from zps.protocol.batch import coalesce
+from zps.protocol.batch import BATCH_BYTES, coalesce
 
 log = logging.getLogger("zps.client")
 
@@ -109,9 +109,11 @@ class Engine:
         sends, self._sends = self._sends, []
         return coalesce(sends, self._batch_limit) if len(sends) > 1 else sends
 
-    def _batch_limit(self, endpoint: int) -> int:
+    def _batch_limit(self, endpoint: int) -> tuple[int, int]:
         shard, slot = divmod(endpoint, 2)
-        return self.batching[shard] if slot == self.active[shard] else 0
+        most = self.planner.limits[shard]  # the server's max_message_bytes
+        return (self.batching[shard] if slot == self.active[shard] else 0,
+                BATCH_BYTES if most is None else most)
 
     def address(self, shard: int) -> str:
         """The address of the server requests of ``shard`` go to now."""

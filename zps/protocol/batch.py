@@ -26,7 +26,8 @@ from zps.protocol.messages import PROTOCOL_VERSION
 
 MAX_BATCH = 64  # requests one message may carry (what a server says in its hello)
 BATCH_REQUEST_BYTES = 1 << 16  # a larger request travels alone (its size is the cost)
-BATCH_BYTES = 1 << 20  # the most a client puts in one batch
+BATCH_BYTES = 1 << 20  # the most one batch carries (less where a server takes less)
+ENVELOPE_BYTES = 512  # more than any envelope of MAX_BATCH counts takes
 # Every envelope starts with these bytes (a map of 3: v, op, then k), so a server tells a
 # batch from a request by its first bytes.
 BATCH_PREFIX: bytes = msgpack.packb({"v": PROTOCOL_VERSION, "op": "batch", "k": []})[:-1]
@@ -86,10 +87,11 @@ def split_batch(frames: Sequence[Any], limits: Limits) -> list[Sequence[Any]]:
     return parts
 
 
-def coalesce(sends: list[Send], batch_limit: Callable[[int], int]) -> list[Send]:
+def coalesce(sends: list[Send], batch_limit: Callable[[int], tuple[int, int]]) -> list[Send]:
     """``sends`` with the small requests to each endpoint that takes batches joined into
-    batches (``batch_limit(endpoint)``: the most requests it takes in one message, 0 or 1
-    for none). Requests to one endpoint keep their order; a large one goes alone."""
+    batches. ``batch_limit(endpoint)``: the most requests it takes in one message (0 or 1
+    for none) and the most bytes (its ``max_message_bytes``). Requests to one endpoint
+    keep their order; a large one goes alone."""
     out: list[Send] = []
     held: dict[int, list[list[Any]]] = {}  # endpoint -> the requests of its next batch
     held_bytes: dict[int, int] = {}
@@ -100,12 +102,14 @@ def coalesce(sends: list[Send], batch_limit: Callable[[int], int]) -> list[Send]
         out.append((endpoint, messages[0] if len(messages) == 1 else encode_batch(messages)))
 
     for endpoint, frames in sends:
-        limit = min(batch_limit(endpoint), MAX_BATCH)
+        count, most = batch_limit(endpoint)
+        limit, room = min(count, MAX_BATCH), min(most, BATCH_BYTES) - ENVELOPE_BYTES
         nbytes = sum(memoryview(f).nbytes for f in frames) if limit > 1 else BATCH_BYTES
-        if endpoint in held and (nbytes > BATCH_REQUEST_BYTES or len(held[endpoint]) >= limit
-                                 or held_bytes[endpoint] + nbytes > BATCH_BYTES):
+        alone = nbytes > min(BATCH_REQUEST_BYTES, room)
+        if endpoint in held and (alone or len(held[endpoint]) >= limit
+                                 or held_bytes[endpoint] + nbytes > room):
             emit(endpoint)
-        if nbytes > BATCH_REQUEST_BYTES:
+        if alone:
             out.append((endpoint, frames))
             continue
         held.setdefault(endpoint, []).append(frames)
@@ -129,7 +133,7 @@ class HeldReplies:
         leaves) if they are small and the batch has room; False: send them alone."""
         size = sum(memoryview(f).nbytes for f in frames)
         if size > BATCH_REQUEST_BYTES or len(self.messages) >= MAX_BATCH or \
-                self.nbytes + size > BATCH_BYTES:
+                self.nbytes + size > BATCH_BYTES - ENVELOPE_BYTES:
             return False
         self.messages.append([bytes(memoryview(f)) for f in frames])
         self.nbytes += size

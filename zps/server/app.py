@@ -338,11 +338,14 @@ class Server:
             self._held = held = HeldReplies(peer)  # the small replies, sent as one
             try:
                 for part in parts:
-                    self._on_request(peer, part, user)
+                    try:
+                        self._on_request(peer, part, user)
+                    except Exception:  # (as the socket's loop does for a lone message)
+                        log.exception("error handling a request of a batch; dropped it")
             finally:
                 self._held = None
-            if held.messages:
-                self._emit(peer, held.frames())
+                if held.messages:
+                    self._emit(peer, held.frames())
             return
         self._on_request(peer, frames[1:], user)
 
