@@ -4,7 +4,6 @@ each request of a batch on its own, and the clients sending batches."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import msgpack
@@ -37,7 +36,7 @@ from zps.protocol.batch import (
 from zps.protocol.fields import DecodeError
 from zps.protocol.framing import decode_reply
 
-from .test_client_server import raw_dealer, table
+from .test_client_server import fake_server, raw_dealer, table
 
 frame = st.binary(min_size=1, max_size=64)
 message = st.lists(frame, min_size=1, max_size=4)
@@ -122,6 +121,14 @@ def _push(rid: int, name: str, value: np.ndarray) -> list[Any]:
                                   buffers=(value,), watermark=rid))
 
 
+def _served(start_server: Any) -> tuple[Any, zmq.Socket]:
+    """An async server holding table ``w`` (4 zeros), and a raw socket to it."""
+    server = start_server(mode="async")
+    with zps.Client([server.address]) as ps:
+        ps.init({"w": np.zeros(4, np.float32)})
+    return server, raw_dealer(server.address)
+
+
 def _replies(sock: zmq.Socket) -> list[Any]:
     """The replies in the next message (a batch of them, or one)."""
     frames = sock.recv_multipart()
@@ -130,10 +137,7 @@ def _replies(sock: zmq.Socket) -> list[Any]:
 
 
 def test_a_server_answers_each_request_of_a_batch_on_its_own(start_server) -> None:
-    server = start_server(mode="async")
-    with zps.Client([server.address]) as ps:
-        ps.init({"w": np.zeros(4, np.float32)})
-    sock = raw_dealer(server.address)
+    server, sock = _served(start_server)
     one = np.ones(4, np.float32)
     sock.send_multipart(encode_batch([
         encode_request(Request(Op.HELLO, "raw", 1, options={"role": "worker"})),
@@ -154,10 +158,7 @@ def test_a_server_answers_each_request_of_a_batch_on_its_own(start_server) -> No
 
 
 def test_a_malformed_batch_changes_nothing(start_server) -> None:
-    server = start_server(mode="async")
-    with zps.Client([server.address]) as ps:
-        ps.init({"w": np.zeros(4, np.float32)})
-    sock = raw_dealer(server.address)
+    server, sock = _served(start_server)
     frames = encode_batch([_push(2, "w", np.ones(4, np.float32)), [b"extra"]])
     sock.send_multipart(frames[:-1])  # the envelope announces one frame more
     reply = decode_reply(sock.recv_multipart())
@@ -202,12 +203,9 @@ def test_pushes_max_inflight_held_back_all_land_once(start_server) -> None:
 def test_a_client_reads_a_batch_of_replies_and_drops_a_malformed_one() -> None:
     """A fake server answers each pull with a batch: the first one announces a frame more
     than it carries (dropped, so the pull is sent again), the next is well formed."""
-    router = zmq.Context.instance().socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
     value = np.arange(4, dtype=np.float32)
 
-    def fake_server() -> None:
+    def serve(router: zmq.Socket) -> None:
         pulls = 0
         while True:
             frames = router.recv_multipart()
@@ -231,17 +229,11 @@ def test_a_client_reads_a_batch_of_replies_and_drops_a_malformed_one() -> None:
             if head["op"] == "bye":
                 return
 
-    thread = threading.Thread(target=fake_server, daemon=True)
-    thread.start()
-    try:
-        with zps.Client([f"tcp://127.0.0.1:{port}"], timeout=0.3, retries=3,
-                        heartbeat_interval=0) as ps:
-            ps.init({"w": np.zeros(4, np.float32)})
-            np.testing.assert_array_equal(ps.pull()["w"], value)
-            assert ps.metrics()["retries"] == 1
-        thread.join(timeout=10)
-    finally:
-        router.close(linger=0)
+    with fake_server(serve) as address, zps.Client(
+            [address], timeout=0.3, retries=3, heartbeat_interval=0) as ps:
+        ps.init({"w": np.zeros(4, np.float32)})
+        np.testing.assert_array_equal(ps.pull()["w"], value)
+        assert ps.metrics()["retries"] == 1
 
 
 def test_batches_stay_within_the_servers_message_limit(start_server) -> None:
@@ -266,9 +258,7 @@ def test_a_request_of_a_batch_that_fails_inside_the_server_loses_no_other_reply(
         start_server, monkeypatch) -> None:
     from zps.server import app
 
-    server = start_server(mode="async")
-    with zps.Client([server.address]) as ps:
-        ps.init({"w": np.zeros(4, np.float32)})
+    server, sock = _served(start_server)
     encode = app.encode_reply
 
     def failing(reply: Any) -> Any:
@@ -277,7 +267,6 @@ def test_a_request_of_a_batch_that_fails_inside_the_server_loses_no_other_reply(
         return encode(reply)
 
     monkeypatch.setattr(app, "encode_reply", failing)
-    sock = raw_dealer(server.address)
     one = np.ones(4, np.float32)
     sock.send_multipart(encode_batch([
         encode_request(Request(Op.HELLO, "raw", 1, options={"role": "worker"})),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -330,16 +332,28 @@ def test_shutdown_answers_waiting_pulls(start_server) -> None:
         ps.close()
 
 
-def test_reply_arrays_that_disagree_with_their_header_are_not_used() -> None:
-    """A reply whose array frame does not match its header is dropped; the resend works."""
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
+@contextlib.contextmanager
+def fake_server(serve: Callable[[zmq.Socket], None]) -> Iterator[str]:
+    """A ROUTER on a random loopback port, answered by ``serve(router)`` on a thread until
+    it returns; yields its address (and waits for ``serve`` to finish)."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
+    thread = threading.Thread(target=serve, args=(router,), daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+        thread.join(timeout=10)
+    finally:
+        router.close(linger=0)
+
+
+def test_reply_arrays_that_disagree_with_their_header_are_not_used() -> None:
+    """A reply whose array frame does not match its header is dropped; the resend works."""
     value = np.arange(4, dtype=np.float32)
     meta = [["w", "float32", [4], 16]]
 
-    def fake_server() -> None:
+    def serve(router: zmq.Socket) -> None:
         bad_sent = False
         while True:
             peer, raw = router.recv_multipart()[:2]
@@ -358,16 +372,10 @@ def test_reply_arrays_that_disagree_with_their_header_are_not_used() -> None:
                 router.send_multipart([peer, msgpack.packb(reply)])
                 return
 
-    thread = threading.Thread(target=fake_server, daemon=True)
-    thread.start()
-    try:
-        with zps.Client([f"tcp://127.0.0.1:{port}"], timeout=0.3, retries=3,
-                        heartbeat_interval=0) as ps:
-            ps.init({"w": np.zeros(4, np.float32)})
-            np.testing.assert_array_equal(ps.pull()["w"], value)
-        thread.join(timeout=10)
-    finally:
-        router.close(linger=0)
+    with fake_server(serve) as address, zps.Client(
+            [address], timeout=0.3, retries=3, heartbeat_interval=0) as ps:
+        ps.init({"w": np.zeros(4, np.float32)})
+        np.testing.assert_array_equal(ps.pull()["w"], value)
 
 
 def test_pulling_an_unknown_table_is_an_unknown_table_error(start_server) -> None:
