@@ -104,8 +104,8 @@ def coalesce(sends: list[Send], batch_limit: Callable[[int], tuple[int, int]]) -
     for endpoint, frames in sends:
         count, most = batch_limit(endpoint)
         limit, room = min(count, MAX_BATCH), min(most, BATCH_BYTES) - ENVELOPE_BYTES
-        nbytes = sum(memoryview(f).nbytes for f in frames) if limit > 1 else BATCH_BYTES
-        alone = nbytes > min(BATCH_REQUEST_BYTES, room)
+        nbytes = sum(memoryview(f).nbytes for f in frames) if limit > 1 else 0
+        alone = limit <= 1 or nbytes > min(BATCH_REQUEST_BYTES, room)
         if endpoint in held and (alone or len(held[endpoint]) >= limit
                                  or held_bytes[endpoint] + nbytes > room):
             emit(endpoint)
