@@ -21,7 +21,8 @@ from zps.errors import ConfigError
 
 log = logging.getLogger("zps.transport")
 
-OnMessage = Callable[[list[zmq.Frame]], None]
+# Handles one message; may return how many requests it carried (a batch), else counts 1.
+OnMessage = Callable[[list[zmq.Frame]], int | None]
 
 # Plain ints and pyzmq's Cython methods: the enum arithmetic inside pyzmq's multipart
 # helpers costs more than a small message's whole trip on loopback.
@@ -37,7 +38,8 @@ set_option: Callable[[zmq.Socket, int, int], None] = zmq.backend.Socket.set  # t
 
 # Frames at least this large are sent zero-copy; smaller ones are cheaper to copy.
 ZERO_COPY_BYTES = 64 * 1024
-# Messages handled per wake-up before other callbacks (timers, other sockets) get a turn.
+# Requests handled per wake-up before other callbacks (timers, other sockets) get a turn
+# (a batch counts as the requests in it: the primary's heartbeats must not wait long).
 DRAIN_BATCH = 256
 
 
@@ -155,9 +157,11 @@ def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
 
 
 class LoopSocket:
-    """A non-blocking ZeroMQ socket whose incoming messages go to ``on_message``, or, with
-    ``on_readable``, that calls it to read them itself (receiving frames into arrays of
-    its own). ``on_readable`` must read every message queued.
+    """A non-blocking ZeroMQ socket whose incoming messages go to ``on_message`` (which
+    may return how many requests a message carried: a turn of the loop handles at most
+    ``DRAIN_BATCH`` requests), or, with ``on_readable``, that calls it to read them itself
+    (receiving frames into arrays of its own). ``on_readable`` must read every message
+    queued.
 
     Sends never block: a socket at its high-water mark raises ``zmq.Again`` to the caller.
     ``close()`` stops watching the descriptor and closes the socket.
@@ -208,8 +212,9 @@ class LoopSocket:
         # Receive until there is nothing (no option call first: a receive that finds a
         # message makes no system call, and one that finds none re-arms the descriptor).
         self._draining = True
+        budget = DRAIN_BATCH
         try:
-            for _ in range(DRAIN_BATCH):
+            while budget > 0:
                 if self._closed:
                     return
                 try:
@@ -217,9 +222,10 @@ class LoopSocket:
                 except zmq.Again:
                     return
                 try:
-                    self._on_message(frames)
+                    budget -= self._on_message(frames) or 1
                 except Exception:  # a failing handler must not strand the messages behind it
                     log.exception("error handling a message; dropped it")
+                    budget -= 1
         finally:
             self._draining = False
         self._schedule()  # more may be waiting: after the loop's other callbacks

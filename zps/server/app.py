@@ -324,7 +324,8 @@ class Server:
 
     # ------------------------------------------------------------ messages
 
-    def _on_message(self, frames: list[zmq.Frame]) -> None:
+    def _on_message(self, frames: list[zmq.Frame]) -> int:
+        """Handle one message; how many requests it carried."""
         peer = frames[0].bytes
         # With CURVE, ZAP named the connection's key and role; every frame carries it.
         user = _user_id(frames[1]) if self._zap is not None else None
@@ -333,7 +334,7 @@ class Server:
                 parts = split_batch(frames[1:], self.config.limits)
             except DecodeError as exc:
                 self._send_all([self.core.error(peer, None, exc.code, str(exc))])
-                return
+                return 1
             self.core.state.counters["batches"] += 1
             self._held = held = HeldReplies(peer)  # the small replies, sent as one
             try:
@@ -346,8 +347,9 @@ class Server:
                 self._held = None
                 if held.messages:
                     self._emit(peer, held.frames())
-            return
+            return len(parts)
         self._on_request(peer, frames[1:], user)
+        return 1
 
     def _on_request(self, peer: bytes, frames: Sequence[Any], user: str | None) -> None:
         try:
