@@ -260,11 +260,12 @@ class Engine:
             return
         call = pending.call
         try:
-            if call.op in DATA_OPS and not filled and call.delta:
-                assert self.held is not None
-                self.held.scatter(reply, pending.message, call.out)
-            elif call.op in DATA_OPS and not filled:
-                scatter(reply, pending.message, call.out)
+            if call.op in DATA_OPS and not filled:
+                if call.delta:
+                    assert self.held is not None
+                    self.held.scatter(reply, pending.message, call.out)
+                else:
+                    scatter(reply, pending.message, call.out)
         except StaleBase:
             pending.whole = True  # the copy it started from is gone: ask for whole parts
             self.resend(pending, now)

@@ -140,7 +140,5 @@ class HeldReplies:
         return True
 
     def frames(self) -> list[Any]:
-        """The message to send: the one reply alone, or a batch of them ([] if none)."""
-        if len(self.messages) <= 1:
-            return self.messages[0] if self.messages else []
-        return encode_batch(self.messages)
+        """The message to send (there is a reply): the one reply alone, or a batch."""
+        return self.messages[0] if len(self.messages) == 1 else encode_batch(self.messages)
