@@ -196,3 +196,53 @@ def test_a_hello_answered_by_the_old_primary_after_a_switch_does_not_hang_the_sh
     assert endpoint == 1 and resent.request_id == push.request_id
     h.answer(1, resent, epoch=2)
     assert pushed.done and pushed.error is None
+
+
+def test_a_call_failed_in_an_expire_pass_sends_none_of_its_other_requests() -> None:
+    """Regression (review): a push of two requests, the second resent after a
+    registration: the pass that failed the call for the first still resent the second,
+    and with nothing left in flight raised StopIteration."""
+    h = Harness(timeout=1.0, retries=1, chunk_bytes=16)  # "w" travels as two parts
+    h.connect()
+    h.pump()
+    h.start(h._init_call({"w": np.zeros(8, np.float32)}, None))
+    for _, request in h.pump():
+        h.answer(0, request, {m.name: np.zeros(m.shape, np.float32) for m in request.tensors})
+    pushed = h.start(h._push_call(Op.PUSH, {"w": np.ones(8)}, None, None))
+    (_, first), (_, second) = h.pump()
+    h.now = 0.5
+    h.engine.receive(0, Reply(second.request_id, info={"sid": "s0", "epoch": 1},
+                              error=("not_registered", "send hello again")), h.now)
+    (_, hello), = h.pump()
+    h.answer(0, hello, role="primary")
+    assert [r.request_id for _, r in h.pump()] == [second.request_id]  # resent at 0.5
+    h.now = 1.2
+    h.engine.expire(h.now)  # the first is resent, its last attempt
+    assert [r.request_id for _, r in h.pump()] == [first.request_id]
+    h.now = 2.3
+    h.engine.expire(h.now)  # the first runs out: the call fails, the second goes nowhere
+    assert h.pump() == []
+    with pytest.raises(ServerUnreachable):
+        pushed.result()
+
+
+def test_closing_fails_calls_not_sent_and_lets_the_goodbye_past_max_inflight() -> None:
+    h = Harness(max_inflight=1)
+    h.connect()
+    h.pump()
+    h.start(h._init_call({"a": np.zeros(2, np.float32), "b": np.zeros(2, np.float32)}, None))
+    (_, request), = h.pump()
+    h.answer(0, request, {"a": np.zeros(2, np.float32), "b": np.zeros(2, np.float32)})
+    sent = h.start(h._push_call(Op.PUSH_PULL, {"a": np.ones(2)}, None, None))
+    queued = h.start(h._push_call(Op.PUSH_PULL, {"b": np.ones(2)}, None, None))
+    (_, waiting), = h.pump()  # max_inflight: the second waits
+    h.engine.begin_close()
+    assert queued.done and isinstance(queued.error, ClosedError) and not sent.done
+    bye = h.start(h._bye_call())
+    assert [r.op for _, r in h.pump()] == [Op.BYE]  # not held behind the one in flight
+    # The goodbye made the server forget the client: no hello again, the call fails.
+    h.engine.receive(0, Reply(waiting.request_id, info={"sid": "s0", "epoch": 1},
+                              error=("not_registered", "this client said goodbye")), h.now)
+    assert isinstance(sent.error, ClosedError) and h.pump() == []
+    h.answer(0, h.sent[-1][1])
+    assert bye.done and bye.error is None

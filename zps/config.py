@@ -6,9 +6,11 @@ users build them directly. Nothing below ``zps.cli`` reads the environment.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from zps.errors import ConfigError
 from zps.protocol import Limits
 
 MODES: tuple[str, ...] = ("sync", "async", "ssp:K")
@@ -106,3 +108,19 @@ class ClientConfig:
     # `zps keygen` writes, or Z85 keys); both or neither.
     curve_server_key: str | bytes | None = None
     curve_key: str | bytes | None = None
+
+    def __post_init__(self) -> None:
+        for name, low, strict, kinds in _CLIENT_BOUNDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kinds) \
+                    or not math.isfinite(value) or value < low or (strict and value == low):
+                what = "an int" if kinds is int else "a number"
+                raise ConfigError(f"{name} must be {what} {'>' if strict else '>='} {low}, "
+                                  f"got {value!r}")
+
+
+# ClientConfig's numbers: (field, bound, whether the bound itself is refused, types).
+_CLIENT_BOUNDS: tuple[tuple[str, int, bool, Any], ...] = (
+    ("timeout", 0, True, int | float), ("connect_timeout", 0, True, int | float),
+    ("heartbeat_interval", 0, False, int | float), ("retries", 0, False, int),
+    ("chunk_bytes", 1, False, int), ("max_inflight", 1, False, int))

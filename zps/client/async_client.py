@@ -120,6 +120,7 @@ class AsyncClient(ClientBase):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
         if self._connected:
+            self._engine.begin_close()
             with contextlib.suppress(ZpsError):
                 await self._run(self._bye_call(), start=True)
         self._engine.close()

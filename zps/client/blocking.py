@@ -212,6 +212,7 @@ class Client(ClientBase):
             return
         if self._heartbeats is not None:
             self._heartbeats.stop()
+        self._engine.begin_close()
         with contextlib.suppress(ZpsError):
             self._call(self._bye_call())
         self._engine.close()

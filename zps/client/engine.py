@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from zps.client.calls import (
     HELD,
     REGISTERING,
@@ -35,7 +33,7 @@ from zps.client.connect import Connecting, hello_frames
 from zps.client.deltas import HeldCopies, StaleBase
 from zps.client.failover import Failover
 from zps.client.metrics import ClientMetrics
-from zps.client.plans import Planner, place, scatter, server_list
+from zps.client.plans import Planner, scatter, server_list
 from zps.client.rowcalls import RowCalls
 from zps.config import ClientConfig
 from zps.errors import (
@@ -46,7 +44,7 @@ from zps.errors import (
     ZpsError,
     remote_error,
 )
-from zps.protocol import REPLY_DTYPES, UPDATE_OPS, Op, Reply, Request, RequestEncoder
+from zps.protocol import UPDATE_OPS, Op, Reply, Request, RequestEncoder
 from zps.protocol.batch import BATCH_BYTES, coalesce
 
 log = logging.getLogger("zps.client")
@@ -55,7 +53,6 @@ HANDOVER_ERRORS = ("not_primary", "shutting_down")  # the shard is changing hand
 HEARTBEAT_IDS = 1 << 62  # heartbeats never meet the request ids the servers track
 ID_WINDOW = 1 << 15  # unfinished request ids a client keeps above its watermark
 DATA_OPS = (Op.INIT, Op.PULL, Op.PUSH_PULL)  # replies that carry table values
-DTYPES = {name: np.dtype(name) for name in REPLY_DTYPES}  # (dtype.name is slow to ask)
 
 
 class Engine:
@@ -88,6 +85,7 @@ class Engine:
         pull = self.planner.pull_codec
         self.held = HeldCopies(pull, self.config) if pull is not None else None
         self.closed = False
+        self.closing = False  # saying goodbye: nothing registers again
         self.metrics = ClientMetrics()
         self._next_id = 1
         self._heartbeat_id = HEARTBEAT_IDS
@@ -152,6 +150,14 @@ class Engine:
             sends.append((2 * shard + self.active[shard], self._encoder.frames(
                 Request(Op.HEARTBEAT, self.client_id, self._heartbeat_id))))
         return sends
+
+    def begin_close(self) -> None:
+        """The goodbye starts: calls not yet sent fail (``ClosedError``), those in flight
+        may still be answered, and nothing registers again."""
+        self.closing = True
+        waiting, self._delta_waiting = list(self._delta_waiting), deque()
+        for call in [*waiting, *(p.call for p in self._queue)]:
+            self._complete(call, ClosedError("the client was closed before this call was sent"))
 
     def close(self) -> None:
         """Refuse new calls and fail those still running (or waiting to start)."""
@@ -225,25 +231,14 @@ class Engine:
         if self._queue:
             self._pump(now)
 
-    def sinks(self, endpoint: int, reply: Reply) -> tuple[np.ndarray, ...]:
-        """Where the arrays of ``reply`` (its header only) may be received straight into:
-        the caller's arrays, when the reply is the expected one carrying exactly them."""
+    def awaiting(self, endpoint: int, reply: Reply) -> Pending | None:
+        """The request in flight ``reply`` answers (from where it went; not deposed)."""
         pending = self._inflight.get(reply.request_id) if reply.request_id is not None \
             else None
         if pending is None or pending.endpoint != endpoint or pending.state != SENT \
-                or reply.error is not None or reply.encoded or pending.call.delta \
-                or pending.call.op not in DATA_OPS:
-            return ()
-        parts = pending.message.parts
-        if len(reply.tensors) != len(parts) or as_int(reply.info.get("epoch")) \
-                < self.epochs[pending.message.server]:
-            return ()
-        views = tuple(place(pending.call.out, part) for part in parts)
-        for meta, view in zip(reply.tensors, views, strict=True):
-            if view.dtype != DTYPES[meta.dtype] or meta.shape != view.shape \
-                    or not view.flags.c_contiguous:
-                return ()
-        return views
+                or as_int(reply.info.get("epoch")) < self.epochs[pending.message.server]:
+            return None
+        return pending
 
     def _on_reply(self, pending: Pending, reply: Reply, now: float, filled: bool) -> None:
         shard = pending.message.server
@@ -285,6 +280,10 @@ class Engine:
         if code in HANDOVER_ERRORS and self.has_standby(shard):
             pending.state = HELD  # resent when the standby has taken over (or on timeout)
             return
+        if code == "not_registered" and self.closing:  # (its goodbye made the server forget)
+            self._complete(pending.call, ClosedError(
+                f"the client was closed before {pending.message.op} was answered"))
+            return
         if code == "not_registered" and not pending.registered:
             pending.registered = True  # once per request: an observer's push stops here
             pending.state = REGISTERING
@@ -302,8 +301,9 @@ class Engine:
         if self._connecting is not None:
             self._connecting.expire(now)
         for pending in list(self._inflight.values()):
-            if pending.deadline > now or pending.state == REGISTERING:
-                continue
+            if pending.deadline > now or pending.state == REGISTERING \
+                    or self._inflight.get(pending.rid) is not pending:
+                continue  # (the last: its call failed meanwhile)
             if pending.attempts_left <= 0:
                 call = pending.call
                 self._complete(call, ServerUnreachable(unreachable_message(
@@ -336,7 +336,8 @@ class Engine:
     def _pump(self, now: float) -> None:
         """Send queued requests while fewer than ``max_inflight`` are in flight."""
         queue, inflight = self._queue, self._inflight
-        while queue and len(inflight) < self.config.max_inflight:
+        while queue and (len(inflight) < self.config.max_inflight
+                         or queue[0].call.op is Op.BYE):  # (a goodbye waits for nothing)
             if inflight and self._next_id - next(iter(inflight)) >= ID_WINDOW:
                 break  # an old request still unfinished: keep ids within the window
             pending = queue.popleft()
@@ -376,7 +377,7 @@ class Engine:
         if pending.call.delta:
             assert self.held is not None
             options = self.held.options(message, pending.whole)
-        watermark = next(iter(self._inflight)) if message.op in UPDATE_OPS else None
+        watermark = next(iter(self._inflight), pending.rid) if message.op in UPDATE_OPS else None
         return self._encoder.frames(Request(
             message.op, self.client_id, pending.rid, message.tensors, message.names, options,
             message.buffers, message.encoded, watermark))

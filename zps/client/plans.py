@@ -32,8 +32,14 @@ from zps.protocol import DTYPES, EncodedMeta, Op, Reply, TensorMeta
 
 Arrays = dict[str, np.ndarray]
 
-# Room left for the msgpack header when checking a message against the server's size limit.
+# Room left for the msgpack header when checking a message against the server's size limit
+# (a quarter of a limit below 256 KiB).
 HEADER_ALLOWANCE = 64 * 1024
+
+
+def header_allowance(limit: int) -> int:
+    """The room for a request's header within a server's ``limit``."""
+    return min(HEADER_ALLOWANCE, limit // 4)
 GROUP_CACHE = 256  # sets of table names whose message grouping is kept
 
 
@@ -241,7 +247,7 @@ class Planner:
         """Refuse, before sending, a message larger than its server accepts."""
         limit = self.limits[message.server]
         size = sum(int(b.nbytes) for b in message.buffers)
-        if limit is not None and size + HEADER_ALLOWANCE > limit:
+        if limit is not None and size + header_allowance(limit) > limit:
             raise RejectedError(
                 "too_large",
                 f"a {message.op} of {size} bytes exceeds the server's limit of {limit} bytes; "

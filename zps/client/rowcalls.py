@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from zps.client.calls import Call
-from zps.client.plans import HEADER_ALLOWANCE, Message
+from zps.client.plans import Message, header_allowance
 from zps.codecs import Codec
 from zps.errors import ConfigError, RejectedError, ShapeMismatchError, UnknownTableError
 from zps.protocol import EncodedMeta, Op, TensorMeta
@@ -90,7 +90,7 @@ class RowCalls:
         limit is lower (it refuses to build a larger reply)."""
         limit = self.limits[server] if server < len(self.limits) else None
         return self.chunk_bytes if limit is None else max(
-            1, min(self.chunk_bytes, limit - HEADER_ALLOWANCE))
+            1, min(self.chunk_bytes, limit - header_allowance(limit)))
 
     def push(self, name: str, ids: Any, updates: Any, pull_ids: Any | None,
              options: dict[str, Any], pull: bool) -> Call:
@@ -156,7 +156,7 @@ class RowCalls:
         a sync round): refuse it before sending when that server would not take it."""
         limit = self.limits[message.server] if message.server < len(self.limits) else None
         size = sum(int(b.nbytes) for b in message.buffers)
-        if limit is not None and size + HEADER_ALLOWANCE > limit:
+        if limit is not None and size + header_allowance(limit) > limit:
             raise RejectedError(
                 "too_large", f"the push of {name!r} rows to server {message.server} takes "
                 f"{size} bytes, more than its limit of {limit}; push smaller batches or raise "

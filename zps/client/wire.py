@@ -14,13 +14,15 @@ from typing import Any
 import numpy as np
 import zmq
 
-from zps.client.engine import Engine
+from zps.client.engine import DATA_OPS, Engine
+from zps.client.plans import place
 from zps.errors import ProtocolError
-from zps.protocol import Limits, Reply, decode_reply_header, frame_sizes
+from zps.protocol import REPLY_DTYPES, Limits, Reply, decode_reply_header, frame_sizes
 from zps.protocol.batch import batch_counts, is_batch
 from zps.transport import discard_rest, more_frames, readable, recv_frame, recv_frame_into
 
 log = logging.getLogger("zps.client")
+DTYPES = {name: np.dtype(name) for name in REPLY_DTYPES}  # (dtype.name is slow to ask)
 
 
 def read_replies(sock: zmq.Socket, endpoint: int, engine: Engine, limits: Limits,
@@ -60,7 +62,7 @@ def _take(sock: zmq.Socket, endpoint: int, engine: Engine, frame: zmq.Frame, now
     if frames is not None and frames != 1 + len(frame_sizes(header.tensors, header.encoded)):
         raise ProtocolError("bad_frames", "a reply in a batch has other frames than its "
                                           "envelope says")
-    sinks = engine.sinks(endpoint, header)
+    sinks = reply_sinks(engine, endpoint, header)
     got = _read_buffers(sock, header, sinks, last)
     if got is None:
         log.warning("dropped a reply from %s whose arrays do not match its header",
@@ -96,3 +98,22 @@ def _read_buffers(sock: zmq.Socket, header: Reply, sinks: tuple[np.ndarray, ...]
         discard_rest(sock)
         return None
     return tuple(got), bool(sinks)
+
+
+def reply_sinks(engine: Engine, endpoint: int, reply: Reply) -> tuple[np.ndarray, ...]:
+    """Where the arrays of ``reply`` (its header only) may be received straight into:
+    the caller's arrays, when the reply is the expected one carrying exactly them, by
+    name, shape and dtype."""
+    pending = engine.awaiting(endpoint, reply)
+    if pending is None or reply.error is not None or reply.encoded or pending.call.delta \
+            or pending.call.op not in DATA_OPS:
+        return ()
+    parts = pending.message.parts
+    if len(reply.tensors) != len(parts):
+        return ()
+    views = tuple(place(pending.call.out, part) for part in parts)
+    for meta, view, part in zip(reply.tensors, views, parts, strict=True):
+        if meta.name != part.key or view.dtype != DTYPES[meta.dtype] \
+                or meta.shape != view.shape or not view.flags.c_contiguous:
+            return ()
+    return views

@@ -56,6 +56,7 @@ ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
 DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(cls for cls, _ in ERROR_CODES)
 REPLICA_ERRORS: tuple[type[Exception], ...] = (CodecError, *DOMAIN_ERRORS)
 DEAD = "this client was declared dead (no heartbeat); send hello again"
+LEFT = "this client said goodbye; send hello again"
 SHUTDOWN = ("shutting_down", "the server is shutting down")
 
 
@@ -296,7 +297,7 @@ class ServerCore:
             state.clocks.leave(client)
             state.rates.leave(client)
             state.waiters.wake_all()  # SSP bounds moved
-        state.waiters.fail_client(client, "not_registered", DEAD)
+        state.waiters.fail_client(client, "not_registered", LEFT if why == "left" else DEAD)
 
     def _reap(self, now: float) -> None:
         cfg = self.config
