@@ -84,6 +84,16 @@ def test_server_stops_cleanly_on_sigint(tmp_path: Path) -> None:
         (["zps.cli.worker_main", "--servers", "tcp://127.0.0.1"], {}, "invalid server address"),
         (["zps.cli.worker_main", "--metrics-out", "/nonexistent/m.json"], {},
          "cannot write --metrics-out"),
+        # Regression (review): ZeroMQ connected to port 112904 as 47368.
+        (["zps.cli.worker_main", "--servers", "tcp://127.0.0.1:112904"], {},
+         "invalid server address"),
+        (["zps.cli.server_main", "--max-message-bytes", "1" + "0" * 30], {}, "at most"),
+        (["zps.cli.server_main", "--repl-interval", "inf"], {}, "a finite number > 0"),
+        (["zps.cli.zps_main", "stats", "tcp://127.0.0.1:1", "--timeout", "nan"], {},
+         "--timeout must be > 0"),
+        # Regression (review): these were found only once the group had started.
+        (["zps.cli.server_main", "--bind", "tcp://127.0.0.1:0", "--procs", "2",
+          "--ready-file", "/nonexistent/addr"], {}, "cannot write --ready-file"),
     ],
 )
 def test_cli_mistakes_get_one_line_and_exit_2(args: list[str], env: dict[str, str],

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import zps
+from zps.cli.options import UsageError
+from zps.cli.procs import free_ports, plan_group
 from zps.client.connect import regrouped
 
 from .conftest import ROOT, python_env, run_cli, wait_for
@@ -99,8 +101,44 @@ def test_a_standby_group_of_another_size_is_refused(tmp_path: Path) -> None:
         done = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0", "--procs", "3",
                        "--standby-of", address)
         assert done.returncode == 2 and "give this standby --procs 2" in done.stderr
+        # Regression (review): a plain standby followed process 0 alone, and said nothing.
+        plain = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0",
+                        "--standby-of", address)
+        assert plain.returncode == 1 and "start the standby with --procs 2" in plain.stderr
     finally:
         stop(primaries)
+
+
+def test_a_setting_a_process_refuses_is_exit_2_for_the_group() -> None:
+    done = run_cli("zps.cli.server_main", "--bind", "tcp://127.0.0.1:0", "--procs", "2",
+                   "--checkpoint-dir", "/dev/null/ckpt")  # each process says so
+    assert done.returncode == 2 and "cannot write checkpoints to /dev/null/ckpt/shard-" \
+        in done.stderr and "Traceback" not in done.stderr
+
+
+def test_free_ports_are_distinct_and_port_ranges_fit() -> None:
+    ports = free_ports("127.0.0.1", 16)
+    assert len(set(ports)) == 16
+    values = {"bind": "tcp://127.0.0.1:0", "metrics_bind": "127.0.0.1:65535", "pub_bind": "",
+              "checkpoint_dir": "", "restore": ""}
+    with pytest.raises(UsageError, match="--metrics-bind port 65535 \\+ --procs 2 passes"):
+        plan_group(values, 2)
+    with pytest.raises(UsageError, match="tcp:// --pub-bind"):
+        plan_group({**values, "metrics_bind": "", "pub_bind": "ipc:///tmp/x"}, 2)
+    children = plan_group({**values, "metrics_bind": "127.0.0.1:9100",
+                           "pub_bind": "tcp://127.0.0.1:7000"}, 2)
+    assert [c["metrics-bind"] for c in children] == ["127.0.0.1:9100", "127.0.0.1:9101"]
+    assert [c["pub-bind"] for c in children] == ["tcp://127.0.0.1:7000", "tcp://127.0.0.1:7001"]
+
+
+def test_regrouping_after_a_takeover_with_both_groups_listed() -> None:
+    """Regression (review): the primary group down, a client listing every address of
+    both groups got the standby group's second process twice."""
+    found = {(0, 1): ["tcp://s:1", "tcp://s:2"], (1, 1): ["tcp://s:1", "tcp://s:2"]}
+    servers, standbys, groups = regrouped(["tcp://p:1", "tcp://p:2"],
+                                          ["tcp://s:1", "tcp://s:2"], found)
+    assert servers == ["tcp://p:1", "tcp://s:2"] and standbys == ["tcp://s:1", ""]
+    assert "" not in groups
 
 
 def test_every_address_of_a_group_listed_and_a_plain_server_beside_it(tmp_path: Path,

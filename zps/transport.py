@@ -62,6 +62,11 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any]) -> None:
 def connect(sock: zmq.Socket, address: str) -> None:
     """``sock.connect(address)``; a malformed address is a ``ConfigError`` saying so."""
     try:
+        check_endpoint(address)
+    except ConfigError:
+        raise ConfigError(f"invalid server address {address!r}: use tcp://HOST:PORT with a "
+                          "port from 0 to 65535") from None
+    try:
         sock.connect(address)
     except zmq.ZMQError as exc:
         raise ConfigError(

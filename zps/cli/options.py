@@ -8,6 +8,7 @@ points print it and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -39,24 +40,27 @@ class Option:
         return "ZPS_" + self.dest.upper()
 
 
+MAX_INT = (1 << 63) - 1  # sizes and counts: what msgpack and ZeroMQ's int64 options carry
+
+
 def positive_int(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise ValueError("must be a positive integer")
+    if not 1 <= value <= MAX_INT:
+        raise ValueError(f"must be a positive integer (at most {MAX_INT})")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise ValueError("must be a number >= 0")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError("must be a finite number >= 0")
     return value
 
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise ValueError("must be a number > 0")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a finite number > 0")
     return value
 
 
@@ -82,9 +86,9 @@ def boolean(text: str) -> bool:
 _KINDS: dict[Callable[[str], Any], str] = {
     int: "an integer",
     float: "a number",
-    positive_int: "a positive integer",
-    positive_float: "a number > 0",
-    non_negative_float: "a number >= 0",
+    positive_int: f"a positive integer (at most {MAX_INT})",
+    positive_float: "a finite number > 0",
+    non_negative_float: "a finite number >= 0",
     boolean: "true or false",
 }
 

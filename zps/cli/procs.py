@@ -27,15 +27,21 @@ from typing import Any
 from zps.cli.options import UsageError
 from zps.endpoints import public_endpoint
 
-READY_SECONDS = 60.0  # how long the children may take to listen
 GROUP_SECONDS = 60.0  # how long a standby group waits for its primary group to answer
+STOP_NOTICE = 10.0  # seconds of waiting for a stopping process before saying so
 
 
-def free_port(host: str) -> int:
-    """A port free on ``host`` now (the child binds it a moment later)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host if host not in ("*", "0.0.0.0") else "", 0))
-        return int(probe.getsockname()[1])
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct ports free on ``host`` now (the children bind them a moment
+    later): every probe stays bound until all are chosen, so none is picked twice."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket(family))
+            probe.bind((host if host not in ("*", "0.0.0.0") else "", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -49,24 +55,35 @@ def plan_group(values: Mapping[str, Any], count: int) -> list[dict[str, str]]:
     if not bind.startswith("tcp://"):
         raise UsageError("--procs needs a tcp:// --bind (each process takes a port of its own)")
     host, port = _split(bind)
-    ports = [port + i if port else free_port(host) for i in range(count)]
-    if max(ports) > 65535:
-        raise UsageError(f"--bind port {port} + --procs {count} passes 65535")
+    _check_room("--bind", port, count)
+    ports = [port + i for i in range(count)] if port else free_ports(host, count)
     group = ",".join(f"tcp://{host}:{p}" for p in ports)  # a wildcard host: the client's
+    mhost, mport = str(values["metrics_bind"]).rpartition(":")[::2]
+    if values["metrics_bind"]:
+        _check_room("--metrics-bind", int(mport), count)
+    if values["pub_bind"] and not str(values["pub_bind"]).startswith("tcp://"):
+        raise UsageError("--procs needs a tcp:// --pub-bind (each process takes a port of "
+                         "its own), or none")
+    phost, pport = _split(str(values["pub_bind"])) if values["pub_bind"] else ("", 0)
+    _check_room("--pub-bind", pport, count)
     children = []
     for i, child_port in enumerate(ports):
         flags = {"bind": f"tcp://{host}:{child_port}", "group": group, "procs": "1"}
         if values["metrics_bind"]:
-            mhost, mport = str(values["metrics_bind"]).rsplit(":", 1)
             flags["metrics-bind"] = f"{mhost}:{int(mport) + i if int(mport) else 0}"
         if values["pub_bind"]:
-            phost, pport = _split(str(values["pub_bind"]))
             flags["pub-bind"] = f"tcp://{phost}:{pport + i if pport else 0}"
         for key in ("checkpoint_dir", "restore"):
             if values[key]:
                 flags[key.replace("_", "-")] = str(Path(values[key]) / f"shard-{i}")
         children.append(flags)
     return children
+
+
+def _check_room(flag: str, port: int, count: int) -> None:
+    if port and port + count - 1 > 65535:
+        raise UsageError(f"{flag} port {port} + --procs {count} passes 65535: give a lower "
+                         "port, or port 0 for free ones")
 
 
 def primary_group(address: str, values: Mapping[str, Any]) -> list[str]:
@@ -78,7 +95,10 @@ def primary_group(address: str, values: Mapping[str, Any]) -> list[str]:
     if curve["curve_key"] and not curve["curve_server_key"]:
         from zps.curve import load_pair
 
-        curve["curve_server_key"] = load_pair(values["curve_key"], "--curve-key").public
+        try:
+            curve["curve_server_key"] = load_pair(values["curve_key"], "--curve-key").public
+        except zps.ZpsError as exc:
+            raise UsageError(str(exc)) from None
     deadline = time.monotonic() + GROUP_SECONDS
     while True:
         try:
@@ -106,6 +126,10 @@ def run_group(argv: Sequence[str], values: Mapping[str, Any]) -> int:
                              f"{len(primaries)}")
         for flags, primary in zip(children, primaries, strict=True):
             flags["standby-of"] = primary
+    ready = Path(str(values["ready_file"])) if values["ready_file"] else None
+    if ready is not None and not os.access(ready.parent, os.W_OK):
+        raise UsageError(f"cannot write --ready-file {ready}: its folder {ready.parent} "
+                         "does not exist or is not writable")
     with tempfile.TemporaryDirectory(prefix="zps-procs-") as folder:
         procs = []
         for i, flags in enumerate(children):
@@ -113,23 +137,34 @@ def run_group(argv: Sequence[str], values: Mapping[str, Any]) -> int:
             extra = [part for key, value in flags.items() for part in (f"--{key}", value)]
             procs.append(subprocess.Popen([sys.executable, "-m", "zps.cli.server_main",
                                            *argv, *extra], preexec_fn=_die_with_parent))
+        signals: list[int] = []
         stop = threading.Event()
+
+        def on_signal(signum: int, _: Any) -> None:
+            signals.append(signum)
+            stop.set()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
         try:
             if not _wait_ready(procs, [f["ready-file"] for f in children], stop):
-                return _stop_all(procs, 1)
-            if values["ready_file"]:  # the first process's address, once all listen
-                ready = Path(str(values["ready_file"]))
-                ready.with_name(ready.name + ".tmp").write_text(
-                    Path(children[0]["ready-file"]).read_text())
-                os.replace(ready.with_name(ready.name + ".tmp"), ready)
+                return _stop_all(procs, 1 if not signals else 0, signals)
+            if ready is not None:  # the first process's address, once all listen
+                try:
+                    ready.with_name(ready.name + ".tmp").write_text(
+                        Path(children[0]["ready-file"]).read_text())
+                    os.replace(ready.with_name(ready.name + ".tmp"), ready)
+                except OSError as exc:
+                    print(f"zps-server: error: cannot write --ready-file {ready}: "
+                          f"{exc.strerror}", file=sys.stderr)
+                    return _stop_all(procs, 2, signals)
             while not stop.wait(0.2):
-                if any(p.poll() is not None for p in procs):
-                    print("zps-server: a process of the group exited; stopping the others",
-                          file=sys.stderr)
-                    return _stop_all(procs, 1)
-            return _stop_all(procs, 0)
+                for i, proc in enumerate(procs):
+                    if proc.poll() is not None:
+                        print(f"zps-server: process {i} of the group ({children[i]['bind']}) "
+                              f"exited with status {proc.returncode}; stopping the others",
+                              file=sys.stderr)
+                        return _stop_all(procs, 1, signals)
+            return _stop_all(procs, 0, signals)
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -147,17 +182,30 @@ def _die_with_parent() -> None:
 
 def _wait_ready(procs: list[subprocess.Popen[bytes]], files: list[str],
                 stop: threading.Event) -> bool:
-    deadline = time.monotonic() + READY_SECONDS
+    """Wait until every child listens (as long as they take: a restore may be long); False
+    when one exited first or a signal came."""
     while not all(os.path.exists(f) for f in files):
-        if stop.wait(0.05) or time.monotonic() > deadline or \
-                any(p.poll() is not None for p in procs):
+        if stop.wait(0.05) or any(p.poll() is not None for p in procs):
             return False
     return True
 
 
-def _stop_all(procs: list[subprocess.Popen[bytes]], status: int) -> int:
+def _stop_all(procs: list[subprocess.Popen[bytes]], status: int, signals: list[int]) -> int:
+    """SIGTERM every child still running and wait for all (a final checkpoint may take a
+    while; a signal that comes meanwhile kills them). The highest status a child exited
+    with (2: one was given a wrong setting), else ``status``."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    codes = [proc.wait(timeout=30) for proc in procs]
-    return status or max((c for c in codes if c and c > 0), default=0)
+    seen, started, told = len(signals), time.monotonic(), False
+    while any(proc.poll() is None for proc in procs):
+        time.sleep(0.05)
+        if len(signals) > seen:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+        elif not told and time.monotonic() - started > STOP_NOTICE:
+            told = True
+            print("zps-server: waiting for the processes of the group to stop (send the "
+                  "signal again to kill them)", file=sys.stderr)
+    return max((c for c in (p.returncode for p in procs) if c and c > 0), default=status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             return 0
         if args.command == "export" and Path(args.out).suffix != ".npz":
             raise UsageError(f"--out {args.out} must end in .npz")
-        if args.command == "top" and not (args.interval > 0 and (args.count or 1) >= 1):
+        if not (args.timeout > 0 and math.isfinite(args.timeout)):
+            raise UsageError("--timeout must be > 0 (seconds to wait for each server)")
+        if args.command == "top" and not (args.interval > 0 and math.isfinite(args.interval)
+                                          and (args.count is None or args.count >= 1)):
             raise UsageError("--interval must be > 0 and --count >= 1")
         try:
             with Client(args.servers, role="observer", heartbeat_interval=0,

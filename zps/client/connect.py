@@ -108,7 +108,8 @@ class Connecting:
             self._decide(shard, now)
         if self._finish_if_done(now) or now < self.deadline:
             return
-        shard = min(set(range(len(self.engine.servers))) - self._decided)
+        undecided = set(range(len(self.engine.servers))) - self._decided
+        shard = min(undecided - set(self._heard) or undecided)  # (a group's answer: heard)
         answers = self._answers.get(shard, {})
         address = self.engine.endpoints[2 * shard]
         if answers:
@@ -185,10 +186,10 @@ def regrouped(servers: list[str], standbys: list[str],
     standby_wide: list[str] = []
     groups: dict[str, list[str]] = {}
     for shard, address in enumerate(servers):
-        if address in wide:
+        standby = standbys[shard]
+        if address in wide or (standby and (standby in wide or standby in standby_wide)):
             continue  # listed as a member of a group placed already
         group = [public_endpoint(a, address) for a in found.get((shard, 0), [address])]
-        standby = standbys[shard]
         others = [public_endpoint(a, standby) for a in found[(shard, 1)]] \
             if standby and (shard, 1) in found else [standby] + [""] * (len(group) - 1)
         if (shard, 0) not in found and len(others) > 1:
@@ -204,7 +205,7 @@ def regrouped(servers: list[str], standbys: list[str],
                               "the same --procs")
         for members in (group, others):
             if len(members) > 1:
-                groups.update(dict.fromkeys(members, members))
+                groups.update({member: members for member in members if member})
         wide += group
         standby_wide += others
     return wide, standby_wide, groups

@@ -188,6 +188,11 @@ class Follower:
                 raise ProtocolError("not_primary", f"{self.primary} is not a primary "
                                                    f"(it is a {reply.info.get('role')}); "
                                                    "point --standby-of at the primary")
+            theirs, ours = len(reply.info.get("group") or [0]), len(self.core.config.group) or 1
+            if theirs != ours:  # a standby (group) follows a primary (group) process by process
+                raise ProtocolError("conflict", f"{self.primary} is one of a group of {theirs} "
+                                                f"processes and this standby of {ours}: start "
+                                                f"the standby with --procs {theirs}")
             limit = reply.info.get("max_message_bytes")
             if isinstance(limit, int):  # chunks the primary accepts to send
                 self._chunk_bytes = max(1 << 16, min(CHUNK_BYTES, limit - CHUNK_ALLOWANCE))
