@@ -257,6 +257,12 @@ def test_server_restart_gives_the_client_a_clear_error(start_server) -> None:
         start_server(mode="async", bind=address)
         with pytest.raises(zps.ConnectionLost, match="restarted"):
             ps.pull()
+        with zps.Client([address]) as other:  # the restarted server holds a new "w"
+            other.init({"w": np.full(2, 5.0)})
+            mine = np.full(2, 7.0)
+            with pytest.raises(zps.ConnectionLost, match="restarted"):
+                ps.pull(out={"w": mine})
+            assert mine.tolist() == [7.0, 7.0]  # (review: it was written before the error)
     finally:
         ps.close()
 

@@ -109,7 +109,9 @@ def reply_sinks(engine: Engine, endpoint: int, reply: Reply) -> tuple[np.ndarray
             or pending.call.op not in DATA_OPS:
         return ()
     parts = pending.message.parts
-    if len(reply.tensors) != len(parts):
+    sid, known = reply.info.get("sid"), engine.server_ids[pending.message.server]
+    if len(reply.tensors) != len(parts) or (known is not None and sid is not None
+                                            and sid != known):  # (restarted: not ours)
         return ()
     views = tuple(place(pending.call.out, part) for part in parts)
     for meta, view, part in zip(reply.tensors, views, parts, strict=True):
