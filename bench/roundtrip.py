@@ -45,6 +45,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zps
+from bench.throughput import _echo_server
 from zps.config import ServerConfig
 from zps.protocol import Op, Reply, Request, RequestEncoder, TensorMeta, decode_request
 from zps.protocol.framing import encode_reply
@@ -74,15 +75,6 @@ def free_address() -> str:
 
 
 # ---------------------------------------------------------------- servers
-
-
-def _echo_server(address: str, ready: Any) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.bind(address)
-    ready.set()
-    while True:
-        sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
 
 
 def _canned_server(address: str, ready: Any) -> None:
