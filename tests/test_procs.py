@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import zps
+from zps.cli import procs
 from zps.cli.options import UsageError
 from zps.cli.procs import free_ports, plan_group
 from zps.client.connect import regrouped
@@ -180,3 +181,15 @@ def test_a_curve_standby_group(tmp_path: Path) -> None:
     finally:
         stop(primaries)
         stop(standbys)
+
+
+def test_an_unattended_stop_kills_a_process_that_ignores_sigterm(monkeypatch) -> None:
+    """Regression (review): a process died, and the supervisor waited forever for a
+    sibling that ignored SIGTERM."""
+    monkeypatch.setattr(procs, "STOP_SECONDS", 0.3)
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; signal."
+                                 "signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); "
+                                 "time.sleep(60)"], stdout=subprocess.PIPE)
+    assert stubborn.stdout is not None and stubborn.stdout.readline()  # SIGTERM ignored now
+    assert procs._stop_all([stubborn], 1, []) == 1
+    assert stubborn.returncode == -signal.SIGKILL

@@ -7,6 +7,8 @@ users build them directly. Nothing below ``zps.cli`` reads the environment.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -110,17 +112,38 @@ class ClientConfig:
     curve_key: str | bytes | None = None
 
     def __post_init__(self) -> None:
-        for name, low, strict, kinds in _CLIENT_BOUNDS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, kinds) \
-                    or not math.isfinite(value) or value < low or (strict and value == low):
-                what = "an int" if kinds is int else "a number"
-                raise ConfigError(f"{name} must be {what} {'>' if strict else '>='} {low}, "
-                                  f"got {value!r}")
+        for name, low, strict, integral in _CLIENT_BOUNDS:
+            value = _number(getattr(self, name), integral)
+            if value is None or value < low or (strict and value == low):
+                what = "an int" if integral else "a finite number"
+                raise ConfigError(f"{name} must be {what} {'>' if strict else '>='} {low}"
+                                  f"{' (at most 2**63-1)' if integral else ''}, got "
+                                  f"{getattr(self, name)!r}")
+            object.__setattr__(self, name, value)  # (a NumPy number as a plain one)
 
 
-# ClientConfig's numbers: (field, bound, whether the bound itself is refused, types).
-_CLIENT_BOUNDS: tuple[tuple[str, int, bool, Any], ...] = (
-    ("timeout", 0, True, int | float), ("connect_timeout", 0, True, int | float),
-    ("heartbeat_interval", 0, False, int | float), ("retries", 0, False, int),
-    ("chunk_bytes", 1, False, int), ("max_inflight", 1, False, int))
+def _number(value: Any, integral: bool) -> int | float | None:
+    """``value`` as a plain int (``integral``: at most 2**63-1) or finite float, or None."""
+    if isinstance(value, bool):
+        return None
+    if integral:
+        try:
+            whole = operator.index(value)
+        except TypeError:
+            return None
+        return whole if whole <= (1 << 63) - 1 else None
+    if not isinstance(value, numbers.Real):
+        return None
+    try:
+        real = float(value)
+    except OverflowError:
+        return None
+    return (int(value) if isinstance(value, numbers.Integral) else real) \
+        if math.isfinite(real) else None
+
+
+# ClientConfig's numbers: (field, bound, whether the bound itself is refused, integral).
+_CLIENT_BOUNDS: tuple[tuple[str, int, bool, bool], ...] = (
+    ("timeout", 0, True, False), ("connect_timeout", 0, True, False),
+    ("heartbeat_interval", 0, False, False), ("retries", 0, False, True),
+    ("chunk_bytes", 1, False, True), ("max_inflight", 1, False, True))

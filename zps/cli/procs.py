@@ -29,6 +29,7 @@ from zps.endpoints import public_endpoint
 
 GROUP_SECONDS = 60.0  # how long a standby group waits for its primary group to answer
 STOP_NOTICE = 10.0  # seconds of waiting for a stopping process before saying so
+STOP_SECONDS = 60.0  # unattended (a process died, no signal): the others then are killed
 
 
 def free_ports(host: str, count: int) -> list[int]:
@@ -192,20 +193,25 @@ def _wait_ready(procs: list[subprocess.Popen[bytes]], files: list[str],
 
 def _stop_all(procs: list[subprocess.Popen[bytes]], status: int, signals: list[int]) -> int:
     """SIGTERM every child still running and wait for all (a final checkpoint may take a
-    while; a signal that comes meanwhile kills them). The highest status a child exited
-    with (2: one was given a wrong setting), else ``status``."""
+    while): after a signal, until they stop or another signal comes, which kills them;
+    unattended (a child died), at most ``STOP_SECONDS``. The highest status a child
+    exited with (2: one was given a wrong setting), else ``status``."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     seen, started, told = len(signals), time.monotonic(), False
     while any(proc.poll() is None for proc in procs):
         time.sleep(0.05)
-        if len(signals) > seen:
+        waited = time.monotonic() - started
+        if len(signals) > seen or (not signals and waited > STOP_SECONDS):
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
-        elif not told and time.monotonic() - started > STOP_NOTICE:
+            status = status or 1
+        elif not told and waited > STOP_NOTICE:
             told = True
-            print("zps-server: waiting for the processes of the group to stop (send the "
-                  "signal again to kill them)", file=sys.stderr)
+            print("zps-server: waiting for the processes of the group to stop (" + (
+                "send the signal again to kill them)" if signals else
+                f"those still running after {STOP_SECONDS:.0f} s are killed)"),
+                file=sys.stderr)
     return max((c for c in (p.returncode for p in procs) if c and c > 0), default=status)

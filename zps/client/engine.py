@@ -152,11 +152,12 @@ class Engine:
         return sends
 
     def begin_close(self) -> None:
-        """The goodbye starts: calls not yet sent fail (``ClosedError``), those in flight
-        may still be answered, and nothing registers again."""
+        """The goodbye starts: calls with no request sent fail (``ClosedError``), the
+        others' rest goes out before it, and nothing registers again."""
         self.closing = True
+        sent = {pending.call for pending in self._inflight.values()}
         waiting, self._delta_waiting = list(self._delta_waiting), deque()
-        for call in [*waiting, *(p.call for p in self._queue)]:
+        for call in [*waiting, *(p.call for p in self._queue if p.call not in sent)]:
             self._complete(call, ClosedError("the client was closed before this call was sent"))
 
     def close(self) -> None:
@@ -336,8 +337,7 @@ class Engine:
     def _pump(self, now: float) -> None:
         """Send queued requests while fewer than ``max_inflight`` are in flight."""
         queue, inflight = self._queue, self._inflight
-        while queue and (len(inflight) < self.config.max_inflight
-                         or queue[0].call.op is Op.BYE):  # (a goodbye waits for nothing)
+        while queue and (len(inflight) < self.config.max_inflight or self.closing):
             if inflight and self._next_id - next(iter(inflight)) >= ID_WINDOW:
                 break  # an old request still unfinished: keep ids within the window
             pending = queue.popleft()
