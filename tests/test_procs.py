@@ -187,9 +187,9 @@ def test_an_unattended_stop_kills_a_process_that_ignores_sigterm(monkeypatch) ->
     """Regression (review): a process died, and the supervisor waited forever for a
     sibling that ignored SIGTERM."""
     monkeypatch.setattr(procs, "STOP_SECONDS", 0.3)
-    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; signal."
-                                 "signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); "
-                                 "time.sleep(60)"], stdout=subprocess.PIPE)
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal; signal.signal("
+                                 "signal.SIGTERM, signal.SIG_IGN); print(flush=True); "
+                                 "signal.pause()"], stdout=subprocess.PIPE)
     assert stubborn.stdout is not None and stubborn.stdout.readline()  # SIGTERM ignored now
     assert procs._stop_all([stubborn], 1, []) == 1
     assert stubborn.returncode == -signal.SIGKILL
