@@ -50,6 +50,13 @@ def seq(server: ServerThread) -> int:
     return server.run(lambda: server.server.core.store.seq)
 
 
+def wait_attached(primary: ServerThread) -> None:
+    """Until a standby is attached: from then on updates are acknowledged once it holds
+    them (a test that stops the primary sooner may leave the standby with no copy)."""
+    wait_for(lambda: primary.run(lambda: primary.server.core.replica.standby is not None),
+             what="the standby to attach")
+
+
 def caught_up(primary: ServerThread, standby: ServerThread) -> bool:
     return seq(standby) == seq(primary) and state(standby) == state(primary)
 
@@ -129,8 +136,7 @@ def test_a_standby_refuses_requests_until_it_takes_over(start_server) -> None:
 def test_sync_replication_acknowledges_only_what_the_standby_holds(start_server) -> None:
     primary = start_server(mode="async", replication="sync")
     standby = start_server(mode="async", standby_of=primary.address)
-    wait_for(lambda: primary.run(lambda: primary.server.core.replica.standby is not None),
-             what="the standby to attach")
+    wait_attached(primary)
     wait_for(lambda: standby.run(lambda: standby.server._follower.synced.is_set()),
              what="the standby to hold a snapshot")
     with zps.Client([primary.address], standbys=[standby.address]) as ps:
@@ -152,6 +158,7 @@ def test_injected_pub_drops_are_detected_and_repaired(start_server) -> None:
 def test_failover_in_process_keeps_every_acknowledged_push(start_server) -> None:
     primary = start_server(mode="async")
     standby = start_server(mode="async", standby_of=primary.address)
+    wait_attached(primary)
     with zps.Client([primary.address], standbys=[standby.address]) as ps:
         ps.init({"w": np.zeros(64, np.float32)})
         for _ in range(10):
@@ -406,6 +413,7 @@ def test_async_client_fails_over_too(start_server) -> None:
 
     primary = start_server(mode="async")
     standby = start_server(mode="async", standby_of=primary.address)
+    wait_attached(primary)  # (a loaded CI machine once stopped the primary before)
 
     async def main() -> tuple[np.ndarray, int]:
         async with zps.AsyncClient([primary.address], standbys=[standby.address]) as ps:
@@ -423,8 +431,7 @@ def test_async_client_fails_over_too(start_server) -> None:
 def test_sync_rounds_carry_on_across_a_failover(start_server) -> None:
     primary = start_server(mode="sync", workers=2)
     standby = start_server(mode="sync", workers=2, standby_of=primary.address)
-    wait_for(lambda: primary.run(lambda: primary.server.core.replica.standby is not None),
-             what="the standby to attach")
+    wait_attached(primary)
     steps, results = 40, [np.empty(0), np.empty(0)]
     errors: list[BaseException] = []
 
