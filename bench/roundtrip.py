@@ -45,7 +45,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zps
-from bench.throughput import _echo_server
+from bench.throughput import _echo_server, bound_router
 from zps.config import ServerConfig
 from zps.protocol import Op, Reply, Request, RequestEncoder, TensorMeta, decode_request
 from zps.protocol.framing import encode_reply
@@ -83,10 +83,7 @@ def _canned_server(address: str, ready: Any) -> None:
     reply again with its own request id, for the cost of an echo."""
     core = ServerCore(ServerConfig(mode="async", heartbeat_interval=0), "canned")
     canned: dict[bytes, tuple[bytes, list[Any]]] = {}
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.bind(address)
-    ready.set()
+    sock = bound_router(address, ready)
     while True:
         frames = sock.recv_multipart(copy=False)
         peer, header = frames[0], frames[1].bytes

@@ -39,18 +39,23 @@ OPS = ("push", "pull", "push_pull")
 # ---------------------------------------------------------------- raw pyzmq ceiling
 
 
-def _echo_server(address: str, ready: Any) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
+def bound_router(address: str, ready: Any) -> zmq.Socket:
+    """A ROUTER bound to ``address`` in a new context; ``ready`` set once it is."""
+    sock = zmq.Context().socket(zmq.ROUTER)
     sock.bind(address)
     ready.set()
+    return sock
+
+
+def _echo_server(address: str, ready: Any) -> None:
+    sock = bound_router(address, ready)
     while True:
         frames = sock.recv_multipart(copy=False)
         if len(frames) == 2 and frames[1].bytes == b"stop":
             break
         sock.send_multipart(frames, copy=False)
     sock.close(linger=0)
-    ctx.term()
+    sock.context.term()
 
 
 def _raw_client(address: str, size: int, seconds: float, start: Any, out: Any) -> None:
